@@ -1,0 +1,224 @@
+"""Shared benchmark machinery: timing, the copy ceiling, byte formulas, result rows, plots.
+
+A benchmark module (``benchmarks/bench_*.py``) defines ``cases(ctx) -> Iterable[Case]``. The runner
+(``python -m benchmarks``) measures the ``torch.clone`` ceiling once per run, times every case, checks
+it against its reference, and writes rows with GPU name, versions, git commit and time.
+
+On a CPU machine everything runs under Triton's interpreter on tiny shapes: a correctness smoke whose
+timings mean nothing, and the runner says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+@dataclasses.dataclass
+class Context:
+    device: str  # "cuda" or "cpu"
+    quick: bool  # tiny shapes (CPU/interpreter smoke, or --quick on a GPU)
+    sizes: Optional[list[int]] = None  # user-picked sizes (meaning is per benchmark), or None
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device == "cuda"
+
+
+@dataclasses.dataclass
+class Case:
+    """One timed call.
+
+    ``fn`` runs the op once (inputs already built). ``nbytes``: bytes the op must move (each input
+    read once, each output written once), for GB/s. ``flops``: for TFLOP/s (attention: halved when
+    causal). ``check``: returns ``(metric_name, value, ok)`` against the reference, run once before
+    timing. ``baseline``: the ``key`` of another case of the same run to report a speedup against.
+    """
+
+    suite: str
+    op: str
+    impl: str
+    shape: str
+    dtype: str
+    fn: Callable[[], Any]
+    nbytes: Optional[int] = None
+    flops: Optional[float] = None
+    check: Optional[Callable[[], tuple[str, float, bool]]] = None
+    baseline: Optional[str] = None
+    size: Optional[int] = None  # x-axis for plots (e.g. n, or S)
+    note: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.suite}/{self.op}/{self.impl}/{self.shape}/{self.dtype}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------------------------
+
+def bench_ms(fn: Callable[[], Any], device: str, *, warmup_ms: float = 25, rep_ms: float = 200) -> float:
+    """Median time of ``fn`` in milliseconds.
+
+    GPU: ``triton.testing.do_bench`` (CUDA events, median) after one untimed call that triggers
+    compilation and autotuning. CPU: median of a few wall-clock runs (meaningless under the
+    interpreter, reported only so the tour's plumbing is exercised).
+    """
+    fn()  # warm-up: compile + autotune outside the timed region
+    if device == "cuda":
+        import triton.testing
+
+        torch.cuda.synchronize()
+        return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+class Rotating:
+    """Cycles through several input sets so repeated calls do not hit L2 (use for small inputs).
+
+    ``Rotating(make, count)`` calls ``make()`` ``count`` times; ``next()`` returns the next set.
+    """
+
+    def __init__(self, make: Callable[[], Any], count: int):
+        self.items = [make() for _ in range(max(1, count))]
+        self.i = 0
+
+    def next(self):
+        item = self.items[self.i]
+        self.i = (self.i + 1) % len(self.items)
+        return item
+
+
+def rotation_count(nbytes_per_set: int, device: str, target_bytes: int = 512 << 20) -> int:
+    """How many input sets to rotate through so the rotation spans several L2s."""
+    if device != "cuda":
+        return 1
+    return int(min(64, max(1, -(-target_bytes // max(1, nbytes_per_set)))))
+
+
+def copy_ceiling(device: str, quick: bool) -> dict:
+    """GB/s of ``torch.clone`` on a bf16 tensor (bytes read + written), measured now."""
+    numel = (1 << 28) if (device == "cuda" and not quick) else (1 << 20)  # 512 MiB or 2 MiB
+    x = torch.randn(numel, device=device, dtype=torch.float32).to(torch.bfloat16)
+    ms = bench_ms(lambda: x.clone(), device)
+    nbytes = 2 * x.numel() * x.element_size()
+    del x
+    return {"ms": ms, "nbytes": nbytes, "gbps": nbytes / ms / 1e6}
+
+
+# ---------------------------------------------------------------------------------------------
+# Byte formulas
+# ---------------------------------------------------------------------------------------------
+
+def bytes_read_write(*tensors_read: torch.Tensor, written: Iterable[torch.Tensor] = ()) -> int:
+    """Each input read once plus each output written once."""
+    return sum(t.numel() * t.element_size() for t in tensors_read) + sum(
+        t.numel() * t.element_size() for t in written
+    )
+
+
+def attention_flops(b: int, h: int, s_q: int, s_kv: int, d: int, causal: bool) -> float:
+    """Forward FLOPs of attention: 2 matmuls of 2*S_q*S_kv*D each per head; halved when causal."""
+    f = 4.0 * b * h * s_q * s_kv * d
+    return f / 2 if causal else f
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata, rows, writers
+# ---------------------------------------------------------------------------------------------
+
+def git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=5)
+        commit = out.stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except Exception:  # not a git checkout (e.g. an sdist): say so rather than fail the tour
+        return "unknown"
+
+
+def environment(device: str) -> dict:
+    import triton
+
+    gpu = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({platform.processor() or platform.machine()}), triton interpreter"
+    return {
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "commit": git_commit(),
+        "time": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "interpreter": os.environ.get("TRITON_INTERPRET", "0") == "1",
+    }
+
+
+def write_results(rows: list[dict], tag: str) -> list[Path]:
+    """Write rows as JSON and CSV under benchmarks/results/ and return the paths."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    paths = [RESULTS_DIR / f"{tag}.json", RESULTS_DIR / f"{tag}.csv"]
+    paths[0].write_text(json.dumps(rows, indent=1) + "\n")
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    with paths[1].open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    return paths
+
+
+def plot_bandwidth(rows: list[dict], path: Path, title: str) -> Optional[Path]:
+    """GB/s against size, one line per (op, impl, dtype), the clone ceiling as a horizontal line.
+    Returns None (and the tour says so) when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    series: dict[str, list[tuple[float, float]]] = {}
+    ceiling = None
+    for r in rows:
+        if r.get("gbps") is None or r.get("size") is None:
+            continue
+        ceiling = r.get("ceiling_gbps", ceiling)
+        series.setdefault(f"{r['op']} / {r['impl']} / {r['dtype']}", []).append((r["size"], r["gbps"]))
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for label, pts in sorted(series.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    if ceiling:
+        ax.axhline(ceiling, color="k", linestyle="--", label=f"torch.clone {ceiling:.0f} GB/s")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("size")
+    ax.set_ylabel("GB/s")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

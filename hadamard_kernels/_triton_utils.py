@@ -1,0 +1,118 @@
+"""What every kernel in the library needs, in one place.
+
+- ``is_interpreter()``: True when Triton runs kernels through its CPU interpreter
+  (``TRITON_INTERPRET=1``).
+- ``autotune_configs(configs)``: the config list handed to ``@triton.autotune``: every config on a
+  GPU, only the first under the interpreter (autotuning there would have to time configs without a
+  GPU driver, which fails; we never fake timings).
+- ``num_sms(device)``: the multiprocessor count, cached per device.
+- ``tma_allocator()``: a context manager that makes a scratch allocator for TMA tensor descriptors
+  visible to Triton for the duration of one call only (see its docstring).
+
+``fp8_quant`` and ``attention`` import from here; this module imports nothing of the library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from typing import Iterator, Sequence, TypeVar
+
+import torch
+import triton
+
+T = TypeVar("T")
+
+
+def is_interpreter() -> bool:
+    """True when Triton kernels run under the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+def autotune_configs(configs: Sequence[T]) -> list[T]:
+    """All configs on a GPU; the first one only under the interpreter."""
+    configs = list(configs)
+    if not configs:
+        raise ValueError("autotune_configs needs at least one config")
+    return configs[:1] if is_interpreter() else configs
+
+
+def _device_index(device: torch.device | str | int | None) -> int:
+    if device is None:
+        return torch.cuda.current_device()
+    if isinstance(device, int):
+        return device
+    device = torch.device(device)
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms_cached(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def num_sms(device: torch.device | str | int | None = None) -> int:
+    """Multiprocessor count of a CUDA device (cached); a small fixed number for CPU tensors,
+    which only ever run under the interpreter."""
+    if device is not None and torch.device(device).type != "cuda":
+        return 4
+    return _num_sms_cached(_device_index(device))
+
+
+@functools.lru_cache(maxsize=None)
+def _capability_cached(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def device_capability(device: torch.device | str | int | None = None) -> tuple[int, int]:
+    """(major, minor) compute capability of a CUDA device, cached; (0, 0) for CPU tensors."""
+    if device is not None and torch.device(device).type != "cuda":
+        return (0, 0)
+    return _capability_cached(_device_index(device))
+
+
+def uses_tma(device: torch.device | str) -> bool:
+    """TMA tensor descriptors: compiled kernels on SM90 or newer."""
+    return (not is_interpreter()) and device_capability(device)[0] >= 9
+
+
+def _torch_scratch(size: int, alignment: int, stream) -> torch.Tensor:
+    # Triton asks for global scratch that holds TMA descriptors built on the device. Allocating
+    # through torch's caching allocator keeps it stream-ordered and capturable in a CUDA graph.
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+@contextlib.contextmanager
+def tma_allocator() -> Iterator[None]:
+    """Scope Triton's scratch allocator to one call.
+
+    ``triton.set_allocator`` stores the allocator in a ``contextvars.ContextVar``. We set it for the
+    duration of the ``with`` block and restore *whatever was there before* with the ContextVar token
+    (never ``set_allocator(None)``), so another library's allocator survives, other threads never
+    see ours, and an exception inside the block still restores the previous one.
+    """
+    from triton.runtime import _allocation
+
+    token = _allocation._allocator.set(_torch_scratch)
+    try:
+        yield
+    finally:
+        _allocation._allocator.reset(token)
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+def bucket(n: int) -> int:
+    """Autotune key for sizes that change every call (sequence lengths, row counts): the next
+    power of two, so the tuner runs once per bucket, not once per size."""
+    return next_power_of_2(max(int(n), 1))
+
+
+# Under the interpreter, fix its known numerical bugs before any kernel runs (see the module).
+if is_interpreter():
+    from hadamard_kernels import _interpreter_fixes
+
+    _interpreter_fixes.apply()
