@@ -16,6 +16,8 @@ checks every fix bit for bit against torch and fails once upstream Triton no lon
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -42,9 +44,6 @@ def _torch_to_np(t: torch.Tensor, tl_dtype) -> np.ndarray:
     if tl_dtype == tl.float8e4nv:
         return t.contiguous().view(torch.uint8).numpy()
     return t.numpy()
-
-
-_TORCH_FLOAT = None
 
 
 def _torch_dtype(tl_dtype):
@@ -106,11 +105,32 @@ def apply() -> None:
             b = interp.TensorHandle(b_f.astype(np.float32), tl.float32)
         return orig_dot(self, a, b, d, input_precision, max_num_imprecise_acc)
 
-    builder_cls.cast_impl = cast_impl
-    builder_cls.create_fp_trunc = lambda self, src, dst_type: self.cast_impl(src, dst_type)
-    builder_cls.create_fp_ext = lambda self, src, dst_type: self.cast_impl(src, dst_type)
-    builder_cls.create_fp_to_fp = create_fp_to_fp
-    builder_cls.create_dot = create_dot
-    # Keep the originals reachable so a test can tell whether upstream still needs the fixes.
-    builder_cls._unfixed = {"cast_impl": orig_cast_impl, "create_fp_to_fp": orig_fp_to_fp, "create_dot": orig_dot}
+    _ORIGINALS.update(cast_impl=orig_cast_impl, create_fp_to_fp=orig_fp_to_fp, create_dot=orig_dot)
+    _FIXED.update(cast_impl=cast_impl, create_fp_to_fp=create_fp_to_fp, create_dot=create_dot)
+    _install(_FIXED)
     _applied = True
+
+
+_ORIGINALS: dict = {}
+_FIXED: dict = {}
+
+
+def _install(methods: dict) -> None:
+    from triton.runtime import interpreter as interp
+
+    for name, fn in methods.items():
+        setattr(interp.InterpreterBuilder, name, fn)
+
+
+@contextlib.contextmanager
+def unfixed():
+    """Run a block with the interpreter's original (buggy) methods; used by the test that notices
+    when upstream Triton fixes the bugs and the shim can go."""
+    if not _applied:
+        yield
+        return
+    _install(_ORIGINALS)
+    try:
+        yield
+    finally:
+        _install(_FIXED)
