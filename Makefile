@@ -38,10 +38,10 @@ $(STAMP): requirements/ci.txt
 	touch $(STAMP)
 
 test: $(SETUP)
-	PYTHONPATH=. $(PYTHON) -m pytest -q tests $(PYTEST_ARGS)
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) -m pytest -q tests $(PYTEST_ARGS)
 
 bench: $(SETUP)
-	PYTHONPATH=. $(PYTHON) -m benchmarks $(BENCH_ARGS)
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) -m benchmarks $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
