@@ -8,6 +8,9 @@ The interpreter stores bf16 as uint16 and fp8 as uint8 numpy arrays, and gets th
    instead of rounding to nearest even.
 3. Casts to ``tl.float8e4nv`` do not carry a mantissa overflow into the exponent, round ties up,
    and do not saturate; casts from it read the NaN encoding as 480.
+4. With numpy >= 2.4, a runtime scalar used as a loop bound (``for i in range(n)``,
+   ``tl.range(0, n)``) fails: the interpreter's ``tensor.__index__`` calls ``int()`` on a
+   1-element array, which numpy now refuses ("only 0-dimensional arrays can be converted").
 
 Each fix does the conversion through torch, which rounds to nearest even; downcasts to e4m3 clamp
 to +-448 first, as the GPU's ``cvt.rn.satfinite`` does (NaN stays NaN). ``tests/test_interpreter_fixes.py``
@@ -105,6 +108,15 @@ def apply() -> None:
             b = interp.TensorHandle(b_f.astype(np.float32), tl.float32)
         return orig_dot(self, a, b, d, input_precision, max_num_imprecise_acc)
 
+    orig_patch_tensor = interp._patch_lang_tensor
+
+    def _patch_lang_tensor(tensor, scope):
+        orig_patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
+
+    interp._patch_lang_tensor = _patch_lang_tensor
+    _MODULE_ORIGINALS["_patch_lang_tensor"] = orig_patch_tensor
+    _MODULE_FIXED["_patch_lang_tensor"] = _patch_lang_tensor
     _ORIGINALS.update(cast_impl=orig_cast_impl, create_fp_to_fp=orig_fp_to_fp, create_dot=orig_dot)
     _FIXED.update(cast_impl=cast_impl, create_fp_to_fp=create_fp_to_fp, create_dot=create_dot)
     _install(_FIXED)
@@ -113,13 +125,17 @@ def apply() -> None:
 
 _ORIGINALS: dict = {}
 _FIXED: dict = {}
+_MODULE_ORIGINALS: dict = {}
+_MODULE_FIXED: dict = {}
 
 
-def _install(methods: dict) -> None:
+def _install(methods: dict, module_functions: dict | None = None) -> None:
     from triton.runtime import interpreter as interp
 
     for name, fn in methods.items():
         setattr(interp.InterpreterBuilder, name, fn)
+    for name, fn in (module_functions or {}).items():
+        setattr(interp, name, fn)
 
 
 @contextlib.contextmanager
@@ -129,8 +145,8 @@ def unfixed():
     if not _applied:
         yield
         return
-    _install(_ORIGINALS)
+    _install(_ORIGINALS, _MODULE_ORIGINALS)
     try:
         yield
     finally:
-        _install(_FIXED)
+        _install(_FIXED, _MODULE_FIXED)

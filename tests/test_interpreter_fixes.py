@@ -157,3 +157,43 @@ def test_upstream_interpreter_still_multiplies_bf16_bit_patterns():
         _dot_kernel[(1,)](a, b, c, M=16, N=16, K=16)
     err = (c - a.float() @ b.float()).abs().max().item()
     assert err > 1.0, "upstream Triton's interpreter now does bf16 tl.dot right: drop that part of the shim"
+
+
+@triton.jit
+def _runtime_loop_kernel(x_ptr, y_ptr, n_iters, BLOCK: tl.constexpr):
+    # y[:BLOCK] = sum over i < n_iters of x[i*BLOCK : (i+1)*BLOCK]; n_iters is a runtime scalar.
+    offs = tl.arange(0, BLOCK)
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for i in range(n_iters):
+        acc += tl.load(x_ptr + i * BLOCK + offs)
+    for i in tl.range(0, n_iters, 2):
+        acc += 0.0 * tl.load(x_ptr + i * BLOCK + offs)
+    tl.store(y_ptr + offs, acc)
+
+
+def test_runtime_loop_bound():
+    x = torch.randn(5, 64, device=DEVICE)
+    y = torch.empty(64, device=DEVICE)
+    _runtime_loop_kernel[(1,)](x, y, 5, BLOCK=64)
+    assert torch.allclose(y, x.sum(0), rtol=1e-5, atol=1e-5)
+
+
+def _numpy_refuses_1d_int():
+    import numpy as np
+
+    try:
+        int(np.ones(1, dtype=np.int32))
+        return False
+    except TypeError:
+        return True
+
+
+@interpreter_only
+def test_upstream_interpreter_still_fails_runtime_loop_bounds():
+    if not _numpy_refuses_1d_int():
+        pytest.skip("this numpy still converts 1-element arrays with int(): the bug does not show")
+    x = torch.randn(5, 64)
+    y = torch.empty(64)
+    with _interpreter_fixes.unfixed():
+        with pytest.raises(Exception, match="0-dimensional|converted"):
+            _runtime_loop_kernel[(1,)](x, y, 5, BLOCK=64)
