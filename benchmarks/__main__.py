@@ -96,10 +96,14 @@ def run(suites: list[str], ctx: harness.Context, tag: str | None) -> int:
             suite_rows.append({**row, **env})
         rows += suite_rows
         if tag is not None:
-            png = harness.plot_bandwidth(suite_rows, harness.RESULTS_DIR / f"{tag}_{name}.png",
-                                         f"{name}: {env['gpu']}")
+            try:
+                png = harness.plot_bandwidth(suite_rows, harness.RESULTS_DIR / f"{tag}_{name}.png",
+                                             f"{name}: {env['gpu']}")
+            except Exception as e:  # a plot is a convenience: never lose the measured rows to it
+                png = None
+                print(f"# {name}: plot failed: {type(e).__name__}: {e}")
             if png is None and suite_rows:
-                print(f"# {name}: no plot (matplotlib missing or no GB/s rows)")
+                print(f"# {name}: no plot (matplotlib missing, plot failed, or no GB/s rows)")
     if tag is not None:
         for p in harness.write_results(rows, tag):
             print(f"# wrote {p.relative_to(harness.RESULTS_DIR.parent.parent)}")

@@ -206,6 +206,7 @@ def plot_bandwidth(rows: list[dict], path: Path, title: str) -> Optional[Path]:
         series.setdefault(f"{r['op']} / {r['impl']} / {r['dtype']}", []).append((r["size"], r["gbps"]))
     if not series:
         return None
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(9, 5))
     for label, pts in sorted(series.items()):
         pts.sort()

@@ -1,0 +1,158 @@
+"""FP8 attention end to end against bf16 FlashAttention-3 from the same provider, in the same run.
+
+GPU: B=1, H=32, D=128, S in {4096, 16384, 65536} (``--sizes`` overrides S), causal and not. Inputs are
+bf16 (B, S, H, D) tensors, as a model's projections produce them; the SDPA-style calls get their
+``.transpose(1, 2)`` BHSD views (no copy). Implementations (``impl``):
+
+- ``bf16-fa3``           the baseline: the provider's ``flash_attn_func`` on the bf16 BSHD tensors;
+- ``fp8-fa3``            ``fp8_sdpa`` end to end (quantization + FP8 FA3), HadamardMode.NONE;
+- ``fp8-fa3-qkv``        the same with HadamardMode.QKV (rotation fused in the quantizer + inverse
+                         rotation of the output);
+- ``fp8-fa3-vonly``      the same with HadamardMode.V_ONLY;
+- ``fp8-fa3-bhsdquant``  ``fp8-fa3`` with the quantizer writing BHSD payloads that FA3 reads as
+                         transposed views (the default writes dense BSHD: which layout is faster);
+- ``fp8-fa3-rope``       ``fp8_rope_sdpa`` on the BSHD tensors (RoPE fused into quantization; the
+                         baseline does no RoPE, so its speedup is a lower bound);
+- ``fp8-kernel-only``    the FP8 FA3 kernel on pre-quantized payloads (the overhead breakdown);
+- ``quantize-only``      ``quantize_qkv`` of the BHSD views (GB/s against torch.clone);
+- ``quantize-only-bshd`` ``quantize_qkv(layout="BSHD")`` of the BSHD tensors (which layout is cheaper);
+- ``quantize-only-qkv``  ``quantize_qkv`` with the Hadamard rotation;
+- ``rotate-back-only``   the inverse rotation of a bf16 (B, S, H, D) output (``hadamard_transform``).
+
+TFLOP/s via ``harness.attention_flops`` (halved when causal); ``speedup`` against ``bf16-fa3``. Without an
+FA3 provider the FA3 cases are skipped with a printed note. On CPU (``ctx.quick``): one tiny
+FP8_REFERENCE case, a plumbing smoke whose timing means nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+
+from benchmarks.harness import Case, Context, attention_flops, bytes_read_write
+
+SUITE = "attention"
+GPU_SIZES = [4096, 16384, 65536]
+B, H, D = 1, 32, 128
+
+
+def _sqnr(approx: torch.Tensor, ref: torch.Tensor) -> float:
+    ref = ref.float()
+    err = approx.float() - ref
+    return float(10 * torch.log10(ref.pow(2).sum() / err.pow(2).sum().clamp_min(1e-30)))
+
+
+def _cpu_cases(ctx: Context) -> Iterable[Case]:
+    from attention import AttentionBackend, fp8_sdpa
+    from attention.reference import sdpa_reference, sqnr_db
+
+    s = (ctx.sizes or [128])[0]
+    g = torch.Generator(device=ctx.device).manual_seed(0)
+    q, k, v = (torch.randn(1, 2, s, 64, generator=g, device=ctx.device).to(torch.bfloat16) for _ in range(3))
+    fn = lambda: fp8_sdpa(q, k, v, is_causal=True, backend=AttentionBackend.FP8_REFERENCE)  # noqa: E731
+
+    def check():
+        val = sqnr_db(fn(), sdpa_reference(q, k, v, True))
+        return "sqnr_db", val, val >= 24.0
+
+    yield Case(suite=SUITE, op="sdpa-causal", impl="fp8-reference", shape=f"1x2x{s}x64", dtype="bf16", fn=fn,
+               flops=attention_flops(1, 2, s, s, 64, True), check=check, size=s,
+               note="CPU interpreter smoke: timing meaningless")
+
+
+def cases(ctx: Context) -> Iterable[Case]:
+    if not ctx.on_gpu:
+        yield from _cpu_cases(ctx)
+        return
+    from attention import AttentionBackend, HadamardMode, fp8_rope_sdpa, fp8_sdpa
+    from attention.backends import has_fa3
+    from fp8_quant import quantize_qkv
+
+    try:
+        from hadamard_kernels import hadamard_transform
+    except ImportError:
+        from hadamard_kernels.hadamard import hadamard_transform
+
+    fa3 = None
+    if has_fa3() and torch.cuda.get_device_capability()[0] == 9:
+        from attention.backends import fa3_provider
+
+        provider, fa3 = fa3_provider()
+        print(f"# attention: FA3 provider {provider}")
+    else:
+        print("# attention: no FA3 provider on this machine (or not SM90): FA3 cases skipped; "
+              "only the quantization / rotation cases run")
+    FA3 = AttentionBackend.FP8_FA3
+    sizes = ctx.sizes or ([4096] if ctx.quick else GPU_SIZES)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for s in sizes:
+        qb, kb, vb = (torch.randn(B, s, H, D, generator=g, device="cuda", dtype=torch.float32).to(torch.bfloat16)
+                      for _ in range(3))
+        qh, kh, vh = (t.transpose(1, 2) for t in (qb, kb, vb))  # BHSD views
+        ang = torch.arange(s, device="cuda")[:, None] * (10000 ** (-torch.arange(D // 2, device="cuda") / (D // 2)))
+        cos, sin = torch.cos(ang).float(), torch.sin(ang).float()
+        shape = f"{B}x{H}x{s}x{D}"
+        qkv_bytes = bytes_read_write(qb, kb, vb) + 3 * qb.numel() + 3 * 4 * B * H  # bf16 in, e4m3 + scales out
+        yield Case(suite=SUITE, op="quantize", impl="quantize-only", shape=shape, dtype="bf16", size=s,
+                   fn=lambda qh=qh, kh=kh, vh=vh: quantize_qkv(qh, kh, vh), nbytes=qkv_bytes)
+        yield Case(suite=SUITE, op="quantize", impl="quantize-only-bshd", shape=shape, dtype="bf16", size=s,
+                   fn=lambda qb=qb, kb=kb, vb=vb: quantize_qkv(qb, kb, vb, layout="BSHD"), nbytes=qkv_bytes)
+        yield Case(suite=SUITE, op="quantize", impl="quantize-only-qkv", shape=shape, dtype="bf16", size=s,
+                   fn=lambda qh=qh, kh=kh, vh=vh: quantize_qkv(qh, kh, vh, hadamard=HadamardMode.QKV),
+                   nbytes=qkv_bytes)
+        yield Case(suite=SUITE, op="rotate-back", impl="rotate-back-only", shape=shape, dtype="bf16", size=s,
+                   fn=lambda qb=qb: hadamard_transform(qb, 1.0 / math.sqrt(D)), nbytes=2 * qb.numel() * 2)
+        if fa3 is None:
+            continue
+        pre = quantize_qkv(qb, kb, vb, layout="BSHD")  # what fp8_sdpa hands FA3: dense BSHD payloads
+        p8 = [pre.q, pre.k, pre.v]
+        for causal in (False, True):
+            op = "sdpa-causal" if causal else "sdpa"
+            flops = attention_flops(B, H, s, s, D, causal)
+            base_key = f"{SUITE}/{op}/bf16-fa3/{shape}/bf16"
+
+            def bf16(qb=qb, kb=kb, vb=vb, causal=causal):
+                out = fa3(qb, kb, vb, causal=causal)
+                return out[0] if isinstance(out, (tuple, list)) else out
+
+            ref_holder = {}
+
+            def ref_out(bf16=bf16):
+                if "o" not in ref_holder:
+                    ref_holder["o"] = bf16().transpose(1, 2)
+                return ref_holder["o"]
+
+            def checker(fn, ref_out=ref_out):
+                def check():
+                    val = _sqnr(fn(), ref_out())
+                    return "sqnr_vs_bf16_db", val, val >= 25.0
+                return check
+
+            yield Case(suite=SUITE, op=op, impl="bf16-fa3", shape=shape, dtype="bf16", fn=bf16, flops=flops, size=s)
+            variants = {
+                "fp8-fa3": lambda causal=causal, qh=qh, kh=kh, vh=vh: fp8_sdpa(qh, kh, vh, is_causal=causal,
+                                                                              backend=FA3),
+                "fp8-fa3-qkv": lambda causal=causal, qh=qh, kh=kh, vh=vh: fp8_sdpa(
+                    qh, kh, vh, is_causal=causal, backend=FA3, hadamard=HadamardMode.QKV),
+                "fp8-fa3-bhsdquant": lambda causal=causal, qh=qh, kh=kh, vh=vh: fp8_sdpa(
+                    qh, kh, vh, is_causal=causal, backend=FA3, _quant_layout="BHSD"),
+                "fp8-fa3-vonly": lambda causal=causal, qh=qh, kh=kh, vh=vh: fp8_sdpa(
+                    qh, kh, vh, is_causal=causal, backend=FA3, hadamard=HadamardMode.V_ONLY),
+            }
+            for impl, fn in variants.items():
+                yield Case(suite=SUITE, op=op, impl=impl, shape=shape, dtype="bf16", fn=fn, flops=flops,
+                           baseline=base_key, check=checker(fn), size=s)
+            yield Case(suite=SUITE, op=op, impl="fp8-fa3-rope", shape=shape, dtype="bf16", flops=flops,
+                       baseline=base_key, size=s, note="includes RoPE; baseline has none",
+                       fn=lambda causal=causal, qb=qb, kb=kb, vb=vb, cos=cos, sin=sin: fp8_rope_sdpa(
+                           qb, kb, vb, cos, sin, is_causal=causal, backend=FA3))
+
+            def kernel_only(causal=causal, p8=p8, pre=pre):
+                out = fa3(*p8, softmax_scale=1.0 / math.sqrt(D), causal=causal, q_descale=pre.q_descale,
+                          k_descale=pre.k_descale, v_descale=pre.v_descale)
+                return out[0] if isinstance(out, (tuple, list)) else out
+
+            yield Case(suite=SUITE, op=op, impl="fp8-kernel-only", shape=shape, dtype="bf16", fn=kernel_only,
+                       flops=flops, baseline=base_key, size=s, note="pre-quantized")

@@ -1,0 +1,147 @@
+"""Fused FP8 QKV quantization: GB/s against the torch.clone ceiling.
+
+Cases (GPU): B=1, H_q=H_kv=32, D=128, S in {4096, 16384, 65536} (``--sizes`` overrides S), variants
+plain / rope / hadamard (QKV) / rope+hadamard, for each kernel design (impl ``two-pass`` and the public
+default ``auto``; ``single-read`` when the module offers it); plus B=8, H=32, S=4096 and GQA H_q=32,
+H_kv=8, S=16384 (plain and rope+hadamard). bytes = 2 per input element read + 1 per FP8 element written
+(Q, K and V together). check = fraction of payload bytes equal to the reference (``fp8_quant.reference``)
+on the first ``_CHECK_ROWS`` rows of every head (all rows for the small cases) and descales exactly (ok
+needs equal descales and a rate >= 0.9999: only rounding-midpoint flips may differ). Peer: torchao's FP8 SDPA quantizer when importable.
+ctx.quick: B=1, H=2, S=64 and 100, D=64.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+
+from benchmarks.harness import Case, Context, rotation_count, Rotating
+
+_CHECK_ROWS = 2048
+
+
+def _impls() -> list[str]:
+    from fp8_quant import quantize as qmod
+
+    return [i for i in ("two-pass", "single-read", "auto") if i in qmod._IMPLS]
+
+
+def _inputs(b, hq, hkv, s, d, device, gen):
+    q = torch.randn(b, hq, s, d, device=device, generator=gen).to(torch.bfloat16)
+    k = torch.randn(b, hkv, s, d, device=device, generator=gen).to(torch.bfloat16)
+    v = torch.randn(b, hkv, s, d, device=device, generator=gen).to(torch.bfloat16)
+    k[:, :, :, 3] *= 20  # a channel outlier, as in real K
+    return q, k, v
+
+
+def _rope(s, d, device):
+    pos = torch.arange(s, device=device, dtype=torch.float32)[:, None]
+    inv = 10000.0 ** (-torch.arange(0, d, 2, device=device, dtype=torch.float32) / d)
+    ang = pos * inv[None, :]
+    return ang.cos(), ang.sin()  # compact (S, D/2)
+
+
+def _check(q, k, v, kw, impl, full: bool):
+    """Descales exactly, payload bytes on the first _CHECK_ROWS rows (all rows when ``full``); the
+    reference amax is taken head by head over all rows (float32, same order as the kernels)."""
+    from fp8_quant import quantize_qkv
+    from fp8_quant import reference as R
+
+    def run():
+        res = quantize_qkv(q, k, v, _impl=impl, **kw)
+        rows = q.shape[2] if full else min(_CHECK_ROWS, q.shape[2])
+        equal = total = 0
+        ok_ds = True
+        mode = kw.get("hadamard", "none")
+        for x, y8, ds, grp, rope, had in (
+            (q, res.q, res.q_descale, q.shape[1] // k.shape[1], "cos" in kw, mode == "qkv"),
+            (k, res.k, res.k_descale, 1, "cos" in kw, mode == "qkv"),
+            (v, res.v, res.v_descale, 1, False, mode != "none"),
+        ):
+            tkw = dict(cos=kw.get("cos") if rope else None, sin=kw.get("sin") if rope else None, hadamard=had,
+                       sign_vector=kw.get("sign_vector"))
+            b, h = x.shape[0], x.shape[1]
+            head_amax = torch.stack([torch.stack([
+                R.transformed_reference(x[bi:bi + 1, hi:hi + 1], **tkw).abs().amax() for hi in range(h)])
+                for bi in range(b)])  # (B, H); NaN propagates
+            amax = head_amax.reshape(b, h // grp, grp).amax(-1)
+            scale, want_ds = R.scales_from_amax(amax)
+            ok_ds &= torch.equal(ds, want_ds)
+            xt = R.transformed_reference(x[:, :, :rows], **tkw)
+            scaled = (xt.double() * scale.double().repeat_interleave(grp, 1)[:, :, None, None]).float()
+            want = scaled.clamp(-448, 448).to(torch.float8_e4m3fn)
+            got = y8[:, :, :rows].contiguous()
+            equal += int((got.view(torch.uint8) == want.view(torch.uint8)).sum())
+            total += got.numel()
+        rate = equal / total
+        return "bitexact", rate, bool(ok_ds and rate >= 0.9999)
+
+    return run
+
+
+def _peer_case(ctx, q, k, v, shape, nbytes, size):
+    try:  # torchao's FP8 SDPA input quantizer (three passes, bf16 intermediate)
+        from torchao.prototype.attention.quantization import quantize_qkv_fp8 as peer  # type: ignore
+    except Exception:
+        return None
+    return Case(suite="fp8_quant", op="quantize_qkv/plain", impl="torchao", shape=shape, dtype="bf16",
+                fn=lambda: peer(q, k, v), nbytes=nbytes, size=size, note="peer")
+
+
+def cases(ctx: Context) -> Iterable[Case]:
+    from fp8_quant import HadamardMode
+
+    device = ctx.device
+    gen = torch.Generator(device=device)
+    gen.manual_seed(0)
+    d = 64 if ctx.quick else 128
+    if ctx.quick:
+        configs = [(1, 2, 2, s) for s in (ctx.sizes or [64, 100])]
+    else:
+        configs = [(1, 32, 32, s) for s in (ctx.sizes or [4096, 16384, 65536])]
+        if not ctx.sizes:
+            configs += [(8, 32, 32, 4096), (1, 32, 8, 16384)]
+    impls = _impls()
+    peer_note_done = False
+    for b, hq, hkv, s in configs:
+        q, k, v = _inputs(b, hq, hkv, s, d, device, gen)
+        cos, sin = _rope(s, d, device)
+        sign = (torch.randint(0, 2, (d,), device=device, generator=gen) * 2 - 1).float()
+        n_in = q.numel() + k.numel() + v.numel()
+        nbytes = 3 * n_in  # 2 bytes read + 1 byte written per element
+        shape = f"B{b} Hq{hq} Hkv{hkv} S{s} D{d}"
+        variants = {
+            "plain": {},
+            "rope": dict(cos=cos, sin=sin),
+            "hadamard": dict(hadamard=HadamardMode.QKV.value, sign_vector=sign),
+            "rope+hadamard": dict(cos=cos, sin=sin, hadamard=HadamardMode.QKV.value, sign_vector=sign),
+        }
+        if (b, hq, hkv) != (1, 32, 32) and not ctx.quick:
+            variants = {k_: variants[k_] for k_ in ("plain", "rope+hadamard")}
+        full = ctx.quick or b * hq * s <= 32 * 4096
+        # rotate input sets only when one set is small enough to sit in L2
+        if 2 * n_in > (256 << 20) or not ctx.on_gpu:
+            rot = Rotating(lambda qkv=(q, k, v): qkv, 1)
+        else:
+            rot = Rotating(lambda b=b, hq=hq, hkv=hkv, s=s: _inputs(b, hq, hkv, s, d, device, gen),
+                           rotation_count(2 * n_in, device))
+        for vname, kw in variants.items():
+            for impl in impls:
+                def fn(kw=kw, impl=impl, rot=rot):
+                    from fp8_quant import quantize_qkv
+
+                    qq, kk, vv = rot.next()
+                    return quantize_qkv(qq, kk, vv, _impl=impl, **kw)
+
+                yield Case(suite="fp8_quant", op=f"quantize_qkv/{vname}", impl=impl, shape=shape, dtype="bf16",
+                           fn=fn, nbytes=nbytes, check=_check(q, k, v, kw, impl, full), size=s,
+                           baseline=f"fp8_quant/quantize_qkv/plain/{impl}/{shape}/bf16" if vname != "plain" else None,
+                           note="" if full else f"check on the first {_CHECK_ROWS} rows")
+        peer = _peer_case(ctx, q, k, v, shape, nbytes, s)
+        if peer is not None:
+            yield peer
+        elif not peer_note_done:
+            peer_note_done = True
+            print("# fp8_quant: peer (torchao FP8 SDPA quantizer) not importable: skipped")

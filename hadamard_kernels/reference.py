@@ -1,0 +1,100 @@
+"""Plain float64 PyTorch references for the package's ops (tests and benchmarks use them; the library
+never falls back to them)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from hadamard_kernels.matrices import hadamard_k_matrix, hadamard_matrix, split_size
+
+# --- Hadamard transform references ---
+
+
+def hadamard_transform_ref(x: torch.Tensor, scale: float = 1.0, h_k: Optional[torch.Tensor] = None,
+                           k: Optional[int] = None) -> torch.Tensor:
+    """(x @ M) * scale in float64 with M = hadamard_matrix(n, k=k, h_k=h_k) (Sylvester for powers of
+    two, kron(H_K, H_{n/K}) otherwise), computed in factored form so n = 32768 needs no dense matrix:
+    a row is a K x P matrix X and x @ M = vec(H_K^T X H_P); H_P by radix-2 steps. Returns float64."""
+    n = x.shape[-1]
+    if h_k is not None:
+        k = int(h_k.shape[0])
+    k, p = split_size(n, k)
+    y = x.to(torch.float64).reshape(*x.shape[:-1], k, p)
+    h = 1
+    while h < p:  # y @ H_P: pair element j with j + h inside each block of 2h
+        y = y.reshape(*x.shape[:-1], k, p // (2 * h), 2, h)
+        a, b = y[..., 0, :], y[..., 1, :]
+        y = torch.stack([a + b, a - b], dim=-2).reshape(*x.shape[:-1], k, p)
+        h *= 2
+    if k > 1:
+        hk = hadamard_k_matrix(k, torch.float64, x.device) if h_k is None else h_k.to(x.device, torch.float64)
+        y = torch.einsum("...jp,ji->...ip", y, hk)
+    return y.reshape(x.shape).to(torch.float64) * scale
+
+
+def hadamard_transform_dense_ref(x: torch.Tensor, scale: float = 1.0, h_k: Optional[torch.Tensor] = None,
+                                 k: Optional[int] = None) -> torch.Tensor:
+    """The same as a dense float64 matmul x @ hadamard_matrix(n) * scale (small n only)."""
+    m = hadamard_matrix(x.shape[-1], torch.float64, x.device, k=k, h_k=h_k)
+    return (x.to(torch.float64) @ m) * scale
+
+
+def rel_rms(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref||_2 / ||ref||_2 over all elements, in float64."""
+    ref = ref.to(torch.float64)
+    return float((out.to(torch.float64) - ref).norm() / ref.norm().clamp_min(1e-300))
+
+
+def rounding_bound(ref: torch.Tensor, dtype: torch.dtype) -> float:
+    """The relative RMS error of rounding the exact result ``ref`` once to ``dtype``."""
+    return rel_rms(ref.to(dtype), ref)
+
+
+# --- RHT references ---
+
+def rht_ref(x: torch.Tensor, sign_vector, hadamard_dimension: int = 16, axis: int = -1,
+            inverse: bool = False) -> torch.Tensor:
+    """Float64 RHT of each block of d elements along ``axis``: block @ diag(s) H_d / sqrt(d)
+    (inverse: block @ H_d diag(s) / sqrt(d)). Returns float64."""
+    from hadamard_kernels.matrices import sylvester_matrix
+
+    d = hadamard_dimension
+    s = torch.as_tensor([float(v) for v in (sign_vector.tolist() if isinstance(sign_vector, torch.Tensor)
+                                            else sign_vector)], dtype=torch.float64)
+    r = s[:, None] * sylvester_matrix(d, torch.float64) / d ** 0.5
+    if inverse:
+        r = r.t()
+    xm = x.to(torch.float64).movedim(axis, -1)
+    shape = xm.shape
+    y = xm.reshape(-1, d) @ r.to(xm.device)
+    return y.reshape(shape).movedim(-1, axis)
+
+
+def rht_amax_contract(x: torch.Tensor, sign_vector, hadamard_dimension: int = 16, axis: int = 0):
+    """The peer kernel's contract for a 2-D (M, N) tensor, in torch: blocks of d consecutive rows of
+    each column (axis=0) or of each row (axis=1), times the RHT matrix in x's dtype (matmul in x's
+    dtype, fp32 accumulation), rounded to x's dtype, |.|, max. Returns (rht_amax, amax) as float32."""
+    from hadamard_kernels.rht import get_rht_matrix
+
+    d = hadamard_dimension
+    m, n = x.shape
+    xt = x.t() if axis % 2 == 0 else x
+    r = get_rht_matrix(sign_vector, x.device, x.dtype, d)
+    y = xt.reshape(n * m // d, d) @ r
+    return y.to(x.dtype).abs().max().float(), x.abs().max().float()
+
+
+def rht_amax_exact(x: torch.Tensor, sign_vector, hadamard_dimension: int = 16, axis: int = 0):
+    """Same as ``rht_amax_contract`` with the products summed exactly (float64) before the one
+    rounding to x's dtype: equal to the contract unless fp32 accumulation rounding crosses a
+    rounding boundary of x's dtype."""
+    from hadamard_kernels.rht import get_rht_matrix
+
+    d = hadamard_dimension
+    m, n = x.shape
+    xt = (x.t() if axis % 2 == 0 else x).to(torch.float64)
+    r = get_rht_matrix(sign_vector, x.device, x.dtype, d).to(torch.float64)
+    y = xt.reshape(n * m // d, d) @ r
+    return y.to(x.dtype).abs().max().float(), x.abs().max().float()

@@ -1,0 +1,441 @@
+"""fp8_quant: payloads and descales bit for bit against ``fp8_quant.reference``.
+
+The reference computes the same fp32 operations in the same order as the kernels (RoPE
+``x*c + (+-p)*s``, the radix-2 butterfly, correctly rounded scale and product), so payloads must be
+equal byte for byte. The only tolerated difference is a proven rounding-midpoint case (the fp32 value
+before the cast within a few fp32 ulps of the midpoint of two adjacent e4m3 values, the bytes one code
+apart), and only where RoPE/Hadamard are on; without them equality is exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fp8_quant import HadamardMode, QuantizedQKV, dequantize_per_head, quantize_per_head, quantize_qkv
+from fp8_quant import reference as R
+
+ON_GPU = torch.cuda.is_available()
+F8 = torch.float8_e4m3fn
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+def make(shape, gen, device, dtype=torch.bfloat16, scale=1.0):
+    return (torch.randn(shape, generator=gen, device=device) * scale).to(dtype)
+
+
+def make_qkv(b, hq, hkv, sq, skv, d, layout, gen, device, dtype=torch.bfloat16):
+    def shp(h, s):
+        return (b, h, s, d) if layout == "BHSD" else (b, s, h, d)
+    return make(shp(hq, sq), gen, device, dtype), make(shp(hkv, skv), gen, device, dtype), \
+        make(shp(hkv, skv), gen, device, dtype, scale=3.0)
+
+
+def make_cos_sin(s, d, gen, device, interleaved, compact, dtype=torch.float32):
+    ang = torch.rand(s, d // 2, generator=gen, device=device) * 100.0
+    if not compact:
+        ang = ang.repeat_interleave(2, dim=-1) if interleaved else torch.cat([ang, ang], dim=-1)
+    return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+def assert_fp8_equal(got, want, scaled, *, layout, allow_midpoints, what=""):
+    """Bytes equal, or (if allowed) each differing byte a proven midpoint case; returns the count."""
+    assert got.dtype == F8 and got.shape == want.shape, (got.dtype, got.shape, want.shape)
+    g = got.view(torch.uint8)
+    w = want.view(torch.uint8)
+    bad = g != w
+    n_bad = int(bad.sum())
+    if n_bad == 0:
+        return 0
+    assert allow_midpoints, f"{what}: {n_bad} of {g.numel()} payload bytes differ from the reference"
+    v = R.from_bhsd(scaled, layout)  # scaled is BHSD fp32
+    v = v[bad]
+    gf, wf = got[bad].float(), want[bad].float()
+    mid = (gf + wf) / 2
+    ulp = (torch.nextafter(v.abs(), torch.full_like(v, math.inf)) - v.abs())
+    near_mid = (v - mid).abs() <= 4 * ulp
+    adjacent = (g[bad].int() - w[bad].int()).abs() == 1
+    assert bool((near_mid & adjacent).all()), (
+        f"{what}: {n_bad} differing bytes, not all are rounding-midpoint cases: values {v[:8].tolist()}, "
+        f"kernel {gf[:8].tolist()}, reference {wf[:8].tolist()}")
+    assert n_bad <= max(2, g.numel() // 10000), f"{what}: too many midpoint flips ({n_bad})"
+    return n_bad
+
+
+def check_qkv(res, q, k, v, *, layout, cos=None, sin=None, interleaved=False, mode="none", sign=None):
+    assert isinstance(res, QuantizedQKV)
+    h_axis = 1 if layout == "BHSD" else 2
+    group = q.shape[h_axis] // k.shape[h_axis]
+    mode = HadamardMode(mode)
+    transformed = cos is not None or mode != HadamardMode.NONE
+    allow = ON_GPU and transformed  # under the interpreter there is no FMA and no reordering: exact
+    for name, x, y8, ds, grp, rope, had in (
+        ("q", q, res.q, res.q_descale, group, cos is not None, mode == HadamardMode.QKV),
+        ("k", k, res.k, res.k_descale, 1, cos is not None, mode == HadamardMode.QKV),
+        ("v", v, res.v, res.v_descale, 1, False, mode != HadamardMode.NONE),
+    ):
+        xt = R.transformed_reference(x, layout=layout, cos=cos if rope else None, sin=sin if rope else None,
+                                     rope_interleaved=interleaved, hadamard=had, sign_vector=sign)
+        want, want_ds, scaled = R.quantize_values_reference(xt, grp)
+        assert y8.shape == x.shape and y8.dtype == F8
+        assert y8.is_contiguous()
+        assert ds.dtype == torch.float32 and ds.shape == want_ds.shape
+        # exact; NaN matches NaN whatever its bit pattern (the GPU's canonical NaN differs from torch's)
+        torch.testing.assert_close(ds, want_ds, rtol=0, atol=0, equal_nan=True, msg=f"{name} descale")
+        assert_fp8_equal(y8, R.from_bhsd(want, layout), scaled, layout=layout, allow_midpoints=allow, what=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# reference self-checks (the reference itself against float64 math)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_reference_hadamard_is_the_rht_matrix(d, gen, device):
+    x = torch.randn(5, d, generator=gen, device=device)
+    s = (torch.randint(0, 2, (d,), generator=gen, device=device) * 2 - 1).float()
+    want = x.double() @ R.hadamard_matrix_f64(d, s, device)
+    got = R.hadamard_reference(x, s).double()
+    assert (got - want).abs().max() < 1e-5 * want.abs().max()
+    h = R.hadamard_matrix_f64(d, s, device)
+    assert torch.allclose(h @ h.T, torch.eye(d, dtype=torch.float64, device=device), atol=1e-12)
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_reference_rope_is_a_rotation(interleaved, gen, device):
+    d, s = 16, 7
+    x = torch.randn(1, 1, s, d, generator=gen, device=device)
+    ang = torch.rand(s, d // 2, generator=gen, device=device) * 10
+    got = R.rope_reference(x, ang.cos(), ang.sin(), interleaved).double()
+    xd = x.double()
+    if interleaved:
+        a, b = xd[..., 0::2], xd[..., 1::2]
+    else:
+        a, b = xd[..., : d // 2], xd[..., d // 2:]
+    c, sn = ang.cos().double(), ang.sin().double()
+    ra, rb = a * c - b * sn, b * c + a * sn
+    want = torch.stack([ra, rb], -1).flatten(-2) if interleaved else torch.cat([ra, rb], -1)
+    assert (got - want).abs().max() < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# quantize_qkv against the reference
+# ---------------------------------------------------------------------------------------------
+
+# (B, H_q, H_kv, S_q, S_kv, D, layout, rope: None | "neox" | "interleaved", compact cos/sin, hadamard, signs)
+CPU_CASES = [
+    (1, 2, 2, 70, 70, 64, "BHSD", None, False, "none", False),
+    (2, 4, 1, 45, 77, 64, "BSHD", None, False, "none", False),
+    (1, 8, 1, 33, 40, 128, "BHSD", "neox", False, "none", False),
+    (1, 4, 1, 50, 37, 64, "BSHD", "interleaved", True, "none", False),
+    (1, 2, 2, 40, 65, 64, "BHSD", "neox", True, "qkv", True),
+    (1, 4, 1, 70, 45, 128, "BSHD", "interleaved", False, "qkv", False),
+    (1, 2, 1, 35, 33, 64, "BHSD", None, False, "v_only", True),
+    (1, 2, 2, 20, 36, 256, "BSHD", "neox", False, "qkv", True),
+    (1, 2, 1, 33, 20, 32, "BHSD", "interleaved", False, "v_only", False),
+]
+
+GPU_CASES = [
+    (2, 32, 8, 4096 + 77, 3000, 128, "BHSD", None, False, "none", False),
+    (1, 32, 32, 8192, 8192, 128, "BSHD", "neox", False, "qkv", True),
+    (2, 16, 2, 1000, 4099, 64, "BSHD", "interleaved", True, "v_only", False),
+    (1, 8, 8, 3333, 3333, 256, "BHSD", "neox", True, "qkv", False),
+    (1, 32, 4, 2048, 6000, 128, "BHSD", "interleaved", False, "qkv", True),
+]
+
+
+def _run_case(case, gen, device, dtype=torch.bfloat16, impl="auto"):
+    b, hq, hkv, sq, skv, d, layout, rope, compact, mode, signed = case
+    q, k, v = make_qkv(b, hq, hkv, sq, skv, d, layout, gen, device, dtype)
+    cos = sin = None
+    interleaved = rope == "interleaved"
+    if rope:
+        cos, sin = make_cos_sin(max(sq, skv) + 3, d, gen, device, interleaved, compact)
+    sign = None
+    if signed:
+        sign = (torch.randint(0, 2, (d,), generator=gen, device=device) * 2 - 1).to(torch.float32)
+    res = quantize_qkv(q, k, v, layout=layout, cos=cos, sin=sin, rope_interleaved=interleaved,
+                       hadamard=mode, sign_vector=sign, _impl=impl)
+    check_qkv(res, q, k, v, layout=layout, cos=cos, sin=sin, interleaved=interleaved, mode=mode, sign=sign)
+
+
+@pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_quantize_qkv_matches_reference(case, gen, device):
+    _run_case(case, gen, device)
+
+
+@pytest.mark.parametrize("case", [CPU_CASES[1], CPU_CASES[5], CPU_CASES[6]], ids=lambda c: "-".join(map(str, c)))
+def test_single_read_matches_reference(case, gen, device):
+    # Under the interpreter the single-read design runs one persistent program (programs run one after
+    # another there, so a spin-wait across programs could never finish); the GPU test below runs the
+    # real co-resident grid with its atomics and arrival counters.
+    _run_case(case, gen, device, impl="single-read")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("impl", ["two-pass", "single-read"])
+def test_quantize_qkv_matches_reference_gpu(case, dtype, impl, gen, device):
+    _run_case(case, gen, device, dtype, impl)
+
+
+def test_fp16_and_cos_sin_dtype(gen, device):
+    q, k, v = make_qkv(1, 2, 1, 40, 40, 64, "BHSD", gen, device, torch.float16)
+    cos, sin = make_cos_sin(40, 64, gen, device, False, True, dtype=torch.bfloat16)
+    res = quantize_qkv(q, k, v, cos=cos, sin=sin, hadamard=HadamardMode.QKV)
+    check_qkv(res, q, k, v, layout="BHSD", cos=cos, sin=sin, mode="qkv")
+
+
+def test_strided_inputs(gen, device):
+    # q: a BHSD view of a BSHD buffer; k: a head-dim slice of a wider buffer; v: last-dim stride 2
+    q = make((1, 40, 2, 64), gen, device).transpose(1, 2)
+    k = make((1, 1, 50, 128), gen, device)[..., 32:96]
+    v = make((1, 1, 50, 128), gen, device)[..., ::2]
+    assert not (q.is_contiguous() or k.is_contiguous() or v.is_contiguous())
+    cos, sin = make_cos_sin(50, 64, gen, device, False, False)
+    res = quantize_qkv(q, k, v, cos=cos[::1], sin=sin, hadamard="qkv")
+    check_qkv(res, q, k, v, layout="BHSD", cos=cos, sin=sin, mode="qkv")
+    # non-contiguous cos/sin (a column slice)
+    cw, sw = make_cos_sin(50, 128, gen, device, False, False)
+    cos2, sin2 = cw[:, :64], sw[:, :64]
+    res = quantize_qkv(q, k, v, cos=cos2, sin=sin2)
+    check_qkv(res, q, k, v, layout="BHSD", cos=cos2, sin=sin2)
+
+
+def test_q_group_shares_the_max(gen, device):
+    # one query head of each group is much larger: the whole group gets its scale
+    q, k, v = make_qkv(2, 8, 2, 33, 33, 64, "BHSD", gen, device)
+    q[:, 1] *= 50
+    res = quantize_qkv(q, k, v)
+    want = q.float().abs().reshape(2, 2, -1).amax(-1)
+    assert torch.equal(res.q_descale, R.scales_from_amax(want)[1])
+    check_qkv(res, q, k, v, layout="BHSD")
+
+
+# ---------------------------------------------------------------------------------------------
+# quantize_per_head / dequantize_per_head
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["BHSD", "BSHD"])
+@pytest.mark.parametrize("chunk", [32, 64])
+def test_quantize_per_head_many_chunks(layout, chunk, gen, device):
+    # S = 150 is not a multiple of any chunk; group_size 2 spreads a group over 2 heads x several chunks
+    shape = (2, 4, 150, 64) if layout == "BHSD" else (2, 150, 4, 64)
+    x = make(shape, gen, device)
+    y, ds = quantize_per_head(x, 2, layout=layout, _chunk_s=chunk)
+    want, want_ds = R.quantize_per_head_reference(x, 2, layout=layout)
+    assert ds.shape == (2, 2)
+    assert torch.equal(ds, want_ds)
+    assert torch.equal(y.view(torch.uint8), want.view(torch.uint8))
+    back = dequantize_per_head(y, ds, layout=layout, group_size=2)
+    assert back.dtype == torch.float32
+    assert torch.equal(back, R.dequantize_reference(y, ds, layout=layout, group_size=2).float())  # exact -> 1 rounding
+    assert dequantize_per_head(y, ds, layout=layout, group_size=2, dtype=torch.bfloat16).dtype == torch.bfloat16
+    # FP8 precision: each value within half an e4m3 ulp (relative 2^-4) or the subnormal step
+    err = (back - x.float()).abs()
+    tol = x.float().abs() * 2.0 ** -4 + ds.repeat_interleave(2, 1).reshape(
+        (2, 4, 1, 1) if layout == "BHSD" else (2, 1, 4, 1)) * 2.0 ** -9
+    assert bool((err <= tol * 1.0001).all())
+
+
+def test_quantize_per_head_rope_hadamard(gen, device):
+    x = make((1, 2, 70, 64), gen, device)
+    cos, sin = make_cos_sin(70, 64, gen, device, True, True)
+    s = (torch.randint(0, 2, (64,), generator=gen, device=device) * 2 - 1).float()
+    y, ds = quantize_per_head(x, 1, cos=cos, sin=sin, rope_interleaved=True, hadamard=True, sign_vector=s,
+                              _chunk_s=32)
+    want, want_ds = R.quantize_per_head_reference(x, 1, cos=cos, sin=sin, rope_interleaved=True,
+                                                  hadamard=True, sign_vector=s)
+    assert torch.equal(ds, want_ds)
+    xt = R.transformed_reference(x, cos=cos, sin=sin, rope_interleaved=True, hadamard=True, sign_vector=s)
+    assert_fp8_equal(y, want, R.quantize_values_reference(xt, 1)[2], layout="BHSD", allow_midpoints=ON_GPU)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_inverse_rotated_v_recovers_v(signed, gen, device):
+    d = 128
+    q, k, v = make_qkv(1, 2, 2, 40, 60, d, "BHSD", gen, device)
+    s = (torch.randint(0, 2, (d,), generator=gen, device=device) * 2 - 1).float() if signed else None
+    res = quantize_qkv(q, k, v, hadamard=HadamardMode.V_ONLY, sign_vector=s)
+    vr = dequantize_per_head(res.v, res.v_descale).double() @ R.hadamard_matrix_f64(d, s, device).T
+    rel = ((vr - v.double()).norm() / v.double().norm()).item()
+    assert rel < 2.0 ** -4, rel  # e4m3: 3 mantissa bits -> relative RMS error ~ 2^-4 / sqrt(3) at most
+    assert rel > 2.0 ** -9  # and it did quantize
+
+
+# ---------------------------------------------------------------------------------------------
+# zero, tiny, NaN, Inf, empty
+# ---------------------------------------------------------------------------------------------
+
+def test_zero_and_tiny_heads(gen, device):
+    q, k, v = make_qkv(1, 4, 2, 40, 40, 64, "BHSD", gen, device)
+    q[:, 0:2] = 0  # a whole Q group
+    k[:, 1] = 1e-13  # amax below 1e-12
+    v[:, 0] = 0
+    res = quantize_qkv(q, k, v, hadamard="qkv")
+    assert res.q_descale[0, 0].item() == 1.0 and res.k_descale[0, 1].item() == 1.0
+    assert res.v_descale[0, 0].item() == 1.0
+    assert (res.q[:, 0:2].float() == 0).all() and (res.v[:, 0].float() == 0).all()
+    assert (res.k[:, 1].float() == 0).all()  # 1e-13 * scale 1 is below the smallest e4m3 subnormal
+    check_qkv(res, q, k, v, layout="BHSD", mode="qkv")
+
+
+@pytest.mark.parametrize("impl", ["two-pass", "single-read"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_policy(bad, impl, gen, device):
+    """A NaN or Inf in a (batch, group) makes its descale NaN / inf and its whole payload NaN;
+    other groups are unaffected and exact."""
+    q, k, v = make_qkv(2, 4, 2, 40, 40, 64, "BHSD", gen, device)
+    q[1, 2, 5, 7] = bad  # batch 1, group 1
+    v[0, 1, 30, 3] = bad
+    res = quantize_qkv(q, k, v, _impl=impl)
+    want_ds = float("nan") if math.isnan(bad) else math.inf
+    for ds, pos in ((res.q_descale, (1, 1)), (res.v_descale, (0, 1))):
+        got = ds[pos].item()
+        assert (math.isnan(got) if math.isnan(want_ds) else got == want_ds), got
+    assert torch.isnan(res.q[1, 2:4].float()).all()
+    assert torch.isnan(res.v[0, 1].float()).all()
+    check_qkv(res, q, k, v, layout="BHSD")  # the reference applies the same policy
+    assert torch.isfinite(res.q_descale[0]).all() and torch.isfinite(res.k_descale).all()
+
+
+def test_amax_maps_to_448(gen, device):
+    # the element that sets a head's amax is quantized to exactly +-448 (scale = 448 / amax)
+    q, k, v = make_qkv(1, 2, 2, 33, 33, 64, "BHSD", gen, device)
+    res = quantize_qkv(q, k, v)
+    assert res.q.float().abs().amax().item() == 448.0
+
+
+def test_empty_inputs(device):
+    z = torch.empty(0, 2, 8, 64, dtype=torch.bfloat16, device=device)
+    res = quantize_qkv(z, z, z)
+    assert res.q.shape == z.shape and res.q_descale.shape == (0, 2)
+    q = torch.randn(1, 2, 0, 64, device=device).bfloat16()
+    kv = torch.randn(1, 2, 10, 64, device=device).bfloat16()
+    res = quantize_qkv(q, kv, kv)
+    assert res.q.shape == q.shape and torch.equal(res.q_descale, torch.ones(1, 2, device=device))
+    check_qkv(res, q, kv, kv, layout="BHSD")
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------------------------
+
+def _bad(device):
+    b = torch.zeros(1, 2, 8, 64, dtype=torch.bfloat16, device=device)
+    return b
+
+
+@pytest.mark.parametrize("what,exc,match", [
+    ("fp32", TypeError, "bfloat16 or float16"),
+    ("3d", ValueError, "4-D"),
+    ("gqa", ValueError, "multiple of H_kv"),
+    ("had_dim", ValueError, "power of two"),
+    ("big_dim", ValueError, "head dim"),
+    ("cos_shape", ValueError, "cos must have shape"),
+    ("cos_only", ValueError, "both cos and sin"),
+    ("layout", ValueError, "layout"),
+    ("sign", ValueError, "sign_vector"),
+    ("mode", ValueError, "hadamard"),
+    ("dtype_mix", TypeError, "dtypes differ"),
+    ("rope_odd", ValueError, "even head dim"),
+])
+def test_bad_inputs(what, exc, match, device):
+    q = torch.zeros(1, 4, 8, 64, dtype=torch.bfloat16, device=device)
+    k = torch.zeros(1, 2, 8, 64, dtype=torch.bfloat16, device=device)
+    v = k.clone()
+    kw = {}
+    if what == "fp32":
+        q = q.float()
+    elif what == "3d":
+        q = q[0]
+    elif what == "gqa":
+        q = torch.zeros(1, 3, 8, 64, dtype=torch.bfloat16, device=device)
+    elif what == "had_dim":
+        q, k, v = (torch.zeros(1, h, 8, 96, dtype=torch.bfloat16, device=device) for h in (4, 2, 2))
+        kw = dict(hadamard="v_only")
+    elif what == "big_dim":
+        q, k, v = (torch.zeros(1, h, 8, 512, dtype=torch.bfloat16, device=device) for h in (4, 2, 2))
+    elif what == "cos_shape":
+        kw = dict(cos=torch.zeros(8, 48, device=device), sin=torch.zeros(8, 48, device=device))
+    elif what == "cos_only":
+        kw = dict(cos=torch.zeros(8, 64, device=device))
+    elif what == "layout":
+        kw = dict(layout="BSDH")
+    elif what == "sign":
+        kw = dict(hadamard="qkv", sign_vector=torch.ones(32, device=device))
+    elif what == "mode":
+        kw = dict(hadamard="rows")
+    elif what == "dtype_mix":
+        v = v.half()
+    elif what == "rope_odd":
+        q, k, v = (torch.zeros(1, h, 8, 63, dtype=torch.bfloat16, device=device) for h in (4, 2, 2))
+        kw = dict(cos=torch.zeros(8, 63, device=device), sin=torch.zeros(8, 63, device=device))
+    with pytest.raises(exc, match=match):
+        quantize_qkv(q, k, v, **kw)
+
+
+def test_bad_per_head_inputs(device):
+    x = torch.zeros(1, 4, 8, 64, dtype=torch.bfloat16, device=device)
+    with pytest.raises(ValueError, match="group_size"):
+        quantize_per_head(x, 3)
+    y, ds = quantize_per_head(x, 2)
+    with pytest.raises(ValueError, match="descale must have shape"):
+        dequantize_per_head(y, ds, group_size=1)
+    with pytest.raises(TypeError, match="float8_e4m3fn"):
+        dequantize_per_head(x, ds, group_size=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# custom ops, torch.compile, CUDA graphs
+# ---------------------------------------------------------------------------------------------
+
+def test_custom_ops_opcheck(gen, device):
+    q, k, v = make_qkv(1, 2, 1, 33, 33, 64, "BHSD", gen, device)
+    torch.library.opcheck(torch.ops.fp8_quant.quantize_qkv.default,
+                          (q, k, v, "BHSD", None, None, False, "qkv", None, "auto"),
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.fp8_quant.quantize_per_head.default,
+                          (q, 2, "BHSD", None, None, False, False, None, None),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_torch_compile_fullgraph(gen, device):
+    q, k, v = make_qkv(1, 2, 1, 33, 33, 64, "BSHD", gen, device)
+    cos, sin = make_cos_sin(33, 64, gen, device, False, True)
+
+    def f(q, k, v, cos, sin):
+        r = quantize_qkv(q, k, v, layout="BSHD", cos=cos, sin=sin, hadamard=HadamardMode.QKV)
+        y, ds = quantize_per_head(v, 1, layout="BSHD")
+        return r.q, r.k, r.v, r.q_descale, r.k_descale, r.v_descale, dequantize_per_head(y, ds, layout="BSHD")
+
+    backend = "inductor" if ON_GPU else "aot_eager"  # CPU inductor would need a C++ toolchain
+    got = torch.compile(f, fullgraph=True, backend=backend)(q, k, v, cos, sin)
+    want = f(q, k, v, cos, sin)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert torch.equal(a.view(torch.uint8) if a.dtype == F8 else a, b.view(torch.uint8) if b.dtype == F8 else b)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("impl", ["two-pass", "single-read"])
+def test_cuda_graph_capture(impl, gen, device):
+    q, k, v = make_qkv(1, 8, 2, 1000, 1000, 128, "BHSD", gen, device)
+    cos, sin = make_cos_sin(1000, 128, gen, device, False, False)
+    kw = dict(cos=cos, sin=sin, hadamard="qkv", _impl=impl)
+    want = quantize_qkv(q, k, v, **kw)  # also warms the autotuner outside the capture
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = quantize_qkv(q, k, v, **kw)
+    q.mul_(2)
+    g.replay()
+    torch.cuda.synchronize()
+    want2 = quantize_qkv(q, k, v, **kw)
+    for a, b in zip(out, want2):
+        assert torch.equal(a.view(torch.uint8) if a.dtype == F8 else a, b.view(torch.uint8) if b.dtype == F8 else b)

@@ -1,0 +1,249 @@
+"""Hadamard transform kernels (butterfly and matmul) against the float64 reference.
+
+Accuracy metric: relative RMS error against float64 x @ M * scale. 16-bit outputs: at most 1.1x the
+error of rounding the exact result once to the output dtype, on the same data. fp32 outputs: every
+addition on an element's path may round once (log2(P) butterfly adds, K - 1 adds of the K mix, the
+final scale), independent errors add in quadrature, so the bound is 1.1 x sqrt(1 + log2(P) + K - 1)
+x one rounding (the tensor-core kernel's bf16 three-way split is exact in its products).
+"""
+
+import math
+
+import pytest
+import torch
+
+import hadamard_kernels as hk_pkg
+import hadamard_kernels.hadamard as H
+from hadamard_kernels.matrices import hadamard_k_matrix
+from hadamard_kernels.reference import hadamard_transform_ref, rel_rms, rounding_bound
+
+HAS_CUDA = torch.cuda.is_available()
+
+KERNELS = {"butterfly": H.butterfly_hadamard, "matmul": H.matmul_hadamard}
+K_FUNCS = {12: H.hadamard_transform_12N, 20: H.hadamard_transform_20N, 28: H.hadamard_transform_28N,
+           40: H.hadamard_transform_40N}
+POW2 = [2 ** i for i in range(1, 16)]
+# CPU (interpreter): a few rows; big n gets fewer. GPU: real batches.
+K_P = [1, 2, 8, 16, 64, 512, 1024] if not HAS_CUDA else [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+
+
+def _rows(n: int) -> int:
+    if HAS_CUDA:
+        return max(4, (1 << 22) // n) + 3
+    return max(7, 4096 // n) if n <= 1024 else 3  # >= 4096 elements: a stable error estimate
+
+
+def _bound(ref, dtype, p: int, k: int = 1) -> float:
+    one = rounding_bound(ref, dtype)
+    if dtype == torch.float32:
+        return 1.1 * math.sqrt(1 + math.log2(p) + (k - 1)) * one
+    return 1.1 * one
+
+
+def _randn(shape, dtype, gen, device):
+    return torch.randn(shape, generator=gen, device=device, dtype=torch.float32).to(dtype)
+
+
+@pytest.mark.parametrize("impl", ["butterfly", "matmul"])
+@pytest.mark.parametrize("n", POW2)
+def test_pow2_accuracy(impl, n, float_dtype, gen, device):
+    x = _randn((_rows(n), n), float_dtype, gen, device)
+    scale = 1.0 / math.sqrt(n) * 1.37
+    out = KERNELS[impl](x, scale)
+    assert out.dtype == float_dtype and out.shape == x.shape
+    ref = hadamard_transform_ref(x, scale)
+    assert torch.isfinite(out).all()
+    err, bound = rel_rms(out, ref), _bound(ref, float_dtype, n)
+    assert err <= bound, f"{impl} n={n} {float_dtype}: rel rms {err:.3g} > bound {bound:.3g}"
+
+
+@pytest.mark.parametrize("impl", ["butterfly", "matmul"])
+@pytest.mark.parametrize("k", [12, 20, 28, 40])
+@pytest.mark.parametrize("p", K_P)
+def test_k_accuracy(impl, k, p, float_dtype, gen, device, monkeypatch):
+    n = k * p
+    x = _randn((_rows(n), n), float_dtype, gen, device)
+    monkeypatch.setattr(H, "DEFAULT_IMPL", impl)
+    if impl == "matmul" and k == 40 and p == 1024:
+        with pytest.raises(ValueError, match="matmul kernel"):
+            H.matmul_hadamard(x, 0.5, hadamard_k_matrix(40, device=device))
+        # the public function falls back to the butterfly there
+    out = K_FUNCS[k](x, 0.5)
+    ref = hadamard_transform_ref(x, 0.5, k=k)
+    err, bound = rel_rms(out, ref), _bound(ref, float_dtype, p, k)
+    assert err <= bound, f"{impl} K={k} n={n} {float_dtype}: rel rms {err:.3g} > bound {bound:.3g}"
+
+
+@pytest.mark.parametrize("impl", ["butterfly", "matmul"])
+def test_user_hk(impl, gen, device):
+    hk = -hadamard_k_matrix(12).flip(1)  # another Hadamard matrix of order 12 (not symmetric)
+    x = _randn((5, 12 * 16), torch.float32, gen, device)
+    out = KERNELS[impl](x, 1.0, hk.to(device))
+    ref = hadamard_transform_ref(x, 1.0, h_k=hk)
+    assert rel_rms(out, ref) <= _bound(ref, torch.float32, 16, 12)
+    # through the public function (validated)
+    out2 = H.hadamard_transform_12N(x, 1.0, h_k=hk)
+    assert rel_rms(out2, ref) <= _bound(ref, torch.float32, 16, 12)
+
+
+def test_user_hk_rejected(device):
+    x = torch.zeros(2, 48, device=device)
+    bad = hadamard_k_matrix(12).clone()
+    bad[0, 0] = 0.5
+    with pytest.raises(ValueError, match="Hadamard"):
+        H.hadamard_transform_12N(x, h_k=bad)
+    with pytest.raises(ValueError, match="shape"):
+        H.hadamard_transform_12N(x, h_k=hadamard_k_matrix(20))
+
+
+@pytest.mark.parametrize("impl", ["butterfly", "matmul"])
+@pytest.mark.parametrize("n", [8, 256, 4096])
+def test_involution(impl, n, gen, device):
+    x = _randn((5, n), torch.float32, gen, device)
+    scale = 1.0 / math.sqrt(n)
+    y = KERNELS[impl](KERNELS[impl](x, scale), scale)
+    torch.testing.assert_close(y, x, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["butterfly", "matmul"])
+def test_one_row_and_odd_rows(impl, gen, device):
+    for rows, n in [(1, 2), (1, 32768 if HAS_CUDA else 4096), (37, 64), (3, 2), (513, 16)]:
+        x = _randn((rows, n), torch.bfloat16, gen, device)
+        ref = hadamard_transform_ref(x)
+        assert rel_rms(KERNELS[impl](x), ref) <= _bound(ref, torch.bfloat16, n)
+
+
+@pytest.mark.parametrize("impl", ["butterfly", "matmul"])
+def test_strided_leading_dims_no_copy(impl, gen, device):
+    base = _randn((4, 6, 128), torch.bfloat16, gen, device)
+    x = base[:, 1:4, :]  # 3-d, leading dims that do not collapse into one stride, last dim contiguous
+    with pytest.raises(RuntimeError):
+        x.view(-1, 128)
+    out = KERNELS[impl](x, 0.25)
+    ref = hadamard_transform_ref(x, 0.25)
+    assert out.shape == x.shape and out.is_contiguous()
+    assert rel_rms(out, ref) <= _bound(ref, torch.bfloat16, 128)
+    # rows read in place: the launcher hands the kernel x's own storage
+    xr, m, r1, s0, s1 = H._as_rows(x)
+    assert xr.data_ptr() == x.data_ptr() and (m, r1, s0, s1) == (12, 3, 768, 128)
+    # 4-d with collapsible leading dims: a view, no copy
+    y = _randn((2, 3, 5, 64), torch.float16, gen, device)[:, :, 1:4]
+    assert rel_rms(KERNELS[impl](y), hadamard_transform_ref(y)) <= _bound(hadamard_transform_ref(y), torch.float16, 64)
+    # last dim not contiguous: works (one copy)
+    z = _randn((64, 5), torch.float32, gen, device).t()
+    torch.testing.assert_close(KERNELS[impl](z), hadamard_transform_ref(z).float(), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["butterfly", "matmul"])
+def test_nan_inf_propagate(impl, device):
+    x = torch.zeros(4, 32, device=device)
+    x[0, 3] = float("nan")
+    x[1, 5] = float("inf")
+    x[2, 0] = 1.0
+    out = KERNELS[impl](x)
+    assert torch.isnan(out[0]).all()
+    assert (~torch.isfinite(out[1])).all()
+    assert torch.equal(out[2], torch.ones(32, device=device))
+    assert torch.equal(out[3], torch.zeros(32, device=device))  # all-zero row stays zero
+
+
+@pytest.mark.parametrize("impl", ["butterfly", "matmul"])
+def test_empty(impl, device):
+    for shape in [(0, 64), (3, 0, 16)]:
+        x = torch.randn(shape, device=device).to(torch.bfloat16)
+        out = KERNELS[impl](x)
+        assert out.shape == x.shape and out.dtype == x.dtype
+    assert H.hadamard_transform_20N(torch.empty(0, 40, device=device)).shape == (0, 40)
+
+
+def test_errors(device):
+    with pytest.raises(TypeError, match="dtype"):
+        H.hadamard_transform(torch.ones(2, 8, dtype=torch.int32, device=device))
+    with pytest.raises(TypeError, match="float64"):
+        H.hadamard_transform(torch.ones(2, 8, dtype=torch.float64, device=device))
+    for n in (1, 3, 12, 65536):
+        with pytest.raises(ValueError, match=f"n={n}"):
+            H.hadamard_transform(torch.ones(2, n, device=device))
+    with pytest.raises(ValueError):
+        H.hadamard_transform_12N(torch.ones(2, 40, device=device))
+    with pytest.raises(ValueError):
+        H.hadamard_transform_28N(torch.ones(2, 28 * 2048, device=device))
+    with pytest.raises(ValueError):
+        H.matmul_hadamard(torch.ones(2, 24, device=device))
+    with pytest.raises(TypeError):
+        H.hadamard_transform([1.0, 2.0])
+
+
+def test_public_dispatch_matches_kernels(gen, device, monkeypatch):
+    x = _randn((3, 512), torch.bfloat16, gen, device)
+    b = H.butterfly_hadamard(x, 0.1)
+    m = H.matmul_hadamard(x, 0.1)
+    assert torch.equal(hk_pkg.hadamard_transform(x, 0.1), b)  # default: butterfly
+    monkeypatch.setitem(H.DISPATCH, (512, torch.bfloat16), "matmul")
+    assert torch.equal(hk_pkg.hadamard_transform(x, 0.1), m)
+
+
+@pytest.mark.parametrize("impl", ["butterfly", "matmul"])
+@pytest.mark.parametrize("k", [1, 12])
+def test_backward(impl, k, gen, device, monkeypatch):
+    monkeypatch.setattr(H, "DEFAULT_IMPL", impl)
+    n = 64 if k == 1 else 12 * 8
+    hk = None if k == 1 else -hadamard_k_matrix(12).flip(1)  # non-symmetric H_K: backward uses H_K^T
+    x = _randn((3, 2, n), torch.float32, gen, device).requires_grad_(True)
+    g = _randn((3, 2, n), torch.float32, gen, device)
+    fn = (lambda t: H.hadamard_transform(t, 0.3)) if k == 1 else (lambda t: H.hadamard_transform_12N(t, 0.3, h_k=hk))
+    fn(x).backward(g)
+    xr = x.detach().double().requires_grad_(True)
+    hadamard_transform_ref(xr, 0.3, h_k=hk).backward(g.double())
+    torch.testing.assert_close(x.grad.double(), xr.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_compile_fullgraph(gen, device):
+    x = _randn((4, 128), torch.bfloat16, gen, device)
+    x40 = _randn((2, 80), torch.float32, gen, device)
+
+    @torch.compile(fullgraph=True, backend="eager" if not HAS_CUDA else "inductor")
+    def f(a, b):
+        return (hk_pkg.hadamard_transform(a, 0.5), H.matmul_hadamard(a, 0.5), H.butterfly_hadamard(a, 0.5),
+                H.hadamard_transform_40N(b), H.hadamard_transform_20N(b))
+
+    outs = f(x, x40)
+    assert torch.equal(outs[0], H.hadamard_transform(x, 0.5))
+    assert torch.equal(outs[1], H.matmul_hadamard(x, 0.5))
+    assert torch.equal(outs[3], H.hadamard_transform_40N(x40))
+    assert torch.equal(outs[4], H.hadamard_transform_20N(x40))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("impl", ["butterfly", "matmul"])
+def test_cuda_graph_capture(impl, gen):
+    x = _randn((64, 4096), torch.bfloat16, gen, "cuda")
+    x28 = _randn((16, 28 * 512), torch.bfloat16, gen, "cuda")
+    fn = KERNELS[impl]
+    hk = hadamard_k_matrix(28, device="cuda")
+    fn(x, 0.5), fn(x28, 1.0, hk)  # compile + autotune outside the capture
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = fn(x, 0.5)
+        y28 = fn(x28, 1.0, hk)
+    x.copy_(_randn((64, 4096), torch.bfloat16, gen, "cuda"))
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, fn(x, 0.5))
+    assert torch.equal(y28, fn(x28, 1.0, hk))
+
+
+@pytest.mark.cuda
+def test_public_graph_capture(gen):
+    x = _randn((16, 4096), torch.bfloat16, gen, "cuda")
+    x12 = _randn((16, 12 * 256), torch.bfloat16, gen, "cuda")
+    H.hadamard_transform(x), H.hadamard_transform_12N(x12)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = H.hadamard_transform(x)
+        y12 = H.hadamard_transform_12N(x12)
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, H.hadamard_transform(x)) and torch.equal(y12, H.hadamard_transform_12N(x12))

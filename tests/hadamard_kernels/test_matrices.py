@@ -1,0 +1,80 @@
+"""The matrices the kernels implement: Sylvester order, K x K Hadamard matrices, Kronecker layout."""
+
+import pytest
+import scipy.linalg
+import torch
+
+from hadamard_kernels.matrices import (
+    HADAMARD_K,
+    hadamard_k_matrix,
+    hadamard_matrix,
+    is_hadamard,
+    split_size,
+    sylvester_matrix,
+)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 64, 1024])
+def test_sylvester_matches_scipy(n):
+    assert torch.equal(sylvester_matrix(n, torch.float64), torch.from_numpy(scipy.linalg.hadamard(n)).double())
+
+
+@pytest.mark.parametrize("k", HADAMARD_K)
+def test_hadamard_k_is_hadamard(k):
+    h = hadamard_k_matrix(k, torch.float64)
+    assert h.shape == (k, k)
+    assert bool(((h == 1) | (h == -1)).all())
+    assert torch.equal(h @ h.T, k * torch.eye(k, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("k", HADAMARD_K)
+@pytest.mark.parametrize("p", [1, 2, 16, 64])
+def test_kron_matrices_are_hadamard(k, p):
+    n = k * p
+    m = hadamard_matrix(n, torch.float64, k=k)
+    assert bool(((m == 1) | (m == -1)).all())
+    assert torch.equal(m @ m.T, n * torch.eye(n, dtype=torch.float64))
+    assert torch.equal(m, torch.kron(hadamard_k_matrix(k, torch.float64), sylvester_matrix(p, torch.float64)))
+
+
+def test_h40_is_kron_h2_h20():
+    assert torch.equal(hadamard_k_matrix(40), torch.kron(sylvester_matrix(2), hadamard_k_matrix(20)))
+
+
+def test_split_size_and_ambiguity():
+    assert split_size(1024) == (1, 1024)
+    assert split_size(12 * 8) == (12, 8)
+    assert split_size(28 * 1024) == (28, 1024)
+    assert split_size(40 * 4) == (20, 8)  # 40 * 2^m is 20 * 2^(m+1) unless k=40 is asked
+    assert split_size(40 * 4, 40) == (40, 4)
+    for bad in (0, 3, 24 * 3, 36):
+        with pytest.raises(ValueError):
+            split_size(bad)
+    with pytest.raises(ValueError):
+        split_size(96, 20)
+
+
+def test_is_hadamard_rejects():
+    h = hadamard_k_matrix(12).clone()
+    assert is_hadamard(h)
+    h[3, 4] = -h[3, 4]
+    assert not is_hadamard(h)
+    assert not is_hadamard(torch.ones(3, 4))
+    assert not is_hadamard(2 * hadamard_k_matrix(12))
+
+
+def test_user_hk_in_hadamard_matrix():
+    hk = -hadamard_k_matrix(12, torch.float64).flip(0)
+    assert torch.equal(hadamard_matrix(48, torch.float64, h_k=hk), torch.kron(hk, sylvester_matrix(4, torch.float64)))
+
+
+@pytest.mark.parametrize("n,k", [(2, None), (256, None), (48, None), (160, 40), (28 * 32, None)])
+def test_factored_reference_matches_dense(n, k):
+    from hadamard_kernels.reference import hadamard_transform_dense_ref, hadamard_transform_ref
+
+    x = torch.randn(3, 2, n, dtype=torch.float64)
+    torch.testing.assert_close(hadamard_transform_ref(x, 0.7, k=k), hadamard_transform_dense_ref(x, 0.7, k=k),
+                               rtol=1e-12, atol=1e-10)
+    hk = -hadamard_k_matrix(12, torch.float64).flip(1)
+    y = torch.randn(2, 12 * 8, dtype=torch.float64)
+    torch.testing.assert_close(hadamard_transform_ref(y, h_k=hk), hadamard_transform_dense_ref(y, h_k=hk))
