@@ -6,6 +6,8 @@ design questions and fills ``hadamard_kernels.hadamard.DISPATCH``:
 
 - ``butterfly``: the in-register butterfly kernel (all its autotune configs);
 - ``matmul``: the tensor-core kernel (bf16 hi/lo split dots);
+- ``butterfly-2d`` / ``matmul-2d`` (powers of two): the same kernels with row-pointer loads and stores
+  instead of the flat 1-d ones used for contiguous rows (which layout wins, per n?);
 - ``auto``: what ``hadamard_transform`` / ``hadamard_transform_<K>N`` run (the dispatch table);
 - ``torch-matmul``: dense ``x @ H`` in bf16 (a peer: rounds H x in bf16 inputs, fp32 accumulate);
 - ``fast_hadamard_transform``: Dao's CUDA kernel when importable (skipped with a note otherwise; its
@@ -81,6 +83,9 @@ def _impls(k: int, n: int, device: str, x: Callable[[], torch.Tensor]) -> list[t
         ("auto", lambda: _K_PUBLIC[k](x(), 1.0), f"dispatch: {H._pick(n, k, torch.bfloat16)}", True),
         ("torch-matmul", lambda: x() @ _dense(n, k, device), "dense bf16 x @ H", True),
     ]
+    if k == 1:  # design variant: row-pointer 2-d loads/stores instead of flat 1-d ones
+        out += [("butterfly-2d", lambda: H._launch(x(), 1.0, None, "butterfly", flat=False), "", True),
+                ("matmul-2d", lambda: H._launch(x(), 1.0, None, "matmul", flat=False), "", True)]
     if _fht is not None and device == "cuda":
         f = _fht.hadamard_transform if k == 1 else getattr(_fht, f"hadamard_transform_{k}N", None)
         if f is not None:

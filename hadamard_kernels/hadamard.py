@@ -88,12 +88,38 @@ def _row_offsets(pid, M, R1, stride_x0, stride_x1, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
+def _load_tile(x_ptr, offs_x, col, mask, pid, M, N: tl.constexpr, BLOCK_M: tl.constexpr,
+               KP: tl.constexpr, P: tl.constexpr, FLAT: tl.constexpr):
+    # [BLOCK_M, KP, P] fp32. FLAT (K == 1, rows contiguous, N apart): one contiguous 1-d load of
+    # BLOCK_M * N elements (full-width vector loads even for tiny n), reshaped to rows.
+    if FLAT:
+        start = pid.to(tl.int64) * (BLOCK_M * N)
+        offs = start + tl.arange(0, BLOCK_M * P).to(tl.int64)
+        x = tl.load(x_ptr + offs, mask=(offs // N) < M, other=0.0)
+        x = tl.reshape(x, [BLOCK_M, KP, P])
+    else:
+        x = tl.load(x_ptr + offs_x[:, None, None] + col[None, :, :], mask=mask, other=0.0)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _store_rows(out_ptr, y, rows, col, mask, pid, M, N: tl.constexpr, BLOCK_M: tl.constexpr,
+                KP: tl.constexpr, P: tl.constexpr, FLAT: tl.constexpr):
+    # y: [BLOCK_M, KP, P] fp32 -> out rows (contiguous, N apart), one rounding here.
+    if FLAT:
+        offs = pid.to(tl.int64) * (BLOCK_M * N) + tl.arange(0, BLOCK_M * P).to(tl.int64)
+        tl.store(out_ptr + offs, tl.reshape(y, [BLOCK_M * P]).to(out_ptr.dtype.element_ty), mask=(offs // N) < M)
+    else:
+        tl.store(out_ptr + rows[:, None, None] * N + col[None, :, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _fwht_butterfly_kernel(
     x_ptr, out_ptr, hk_ptr,  # x: rows of N = K * P elements (last dim contiguous); out contiguous
     M, R1, stride_x0, stride_x1, scale,
     M_BUCKET,  # autotune key only
     N: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, P: tl.constexpr, LOG_P: tl.constexpr,
-    TILE: tl.constexpr,
+    FLAT: tl.constexpr, TILE: tl.constexpr,
 ):
     # One program: BLOCK_M = ceil(TILE / (KP * P)) whole rows, as a [BLOCK_M, KP, P] fp32 tile
     # (K axis padded to KP with zeros). H_P by in-register butterfly stages; for K > 1 each output
@@ -107,12 +133,12 @@ def _fwht_butterfly_kernel(
     col = offs_k[:, None] * P + offs_p[None, :]  # [KP, P]
     row_ok = rows < M
     mask = row_ok[:, None, None] & (offs_k < K)[None, :, None]
-    x = tl.load(x_ptr + offs_x[:, None, None] + col[None, :, :], mask=mask, other=0.0).to(tl.float32)
+    x = _load_tile(x_ptr, offs_x, col, mask, pid, M, N, BLOCK_M, KP, P, FLAT)
     y = _butterfly_stages(tl.reshape(x, [BLOCK_M * KP, P]), BLOCK_M * KP, P, LOG_P)
     out_row = out_ptr + rows[:, None] * N
     if K == 1:
-        y = tl.reshape(y, [BLOCK_M, P]) * scale
-        tl.store(out_row + offs_p[None, :], y.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+        y = tl.reshape(y, [BLOCK_M, KP, P]) * scale
+        _store_rows(out_ptr, y, rows, col, mask, pid, M, N, BLOCK_M, KP, P, FLAT)
     else:
         y = tl.reshape(y, [BLOCK_M, KP, P])
         for i in range(K):
@@ -157,7 +183,7 @@ def _fwht_matmul_kernel(
     N: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, P: tl.constexpr, LOG_P: tl.constexpr,
     F1: tl.constexpr, LOG_F1: tl.constexpr, F2: tl.constexpr, LOG_F2: tl.constexpr,
     F3: tl.constexpr, LOG_F3: tl.constexpr, SPLITS: tl.constexpr,
-    TILE: tl.constexpr,
+    FLAT: tl.constexpr, TILE: tl.constexpr,
 ):
     # One program: BLOCK_M = ceil(TILE / (KP * P)) whole rows as a [BLOCK_M, KP, P] fp32 tile.
     # P = F1 * F2 * F3 (F3, F2 may be 1): H_P = H_F1 (x) H_F2 (x) H_F3, one tl.dot per factor along
@@ -172,7 +198,7 @@ def _fwht_matmul_kernel(
     col = offs_k[:, None] * P + offs_p[None, :]
     row_ok = rows < M
     mask = row_ok[:, None, None] & (offs_k < K)[None, :, None]
-    x = tl.load(x_ptr + offs_x[:, None, None] + col[None, :, :], mask=mask, other=0.0).to(tl.float32)
+    x = _load_tile(x_ptr, offs_x, col, mask, pid, M, N, BLOCK_M, KP, P, FLAT)
     y = tl.reshape(x, [R, P])
     if P < 16:
         y = _butterfly_stages(y, R, P, LOG_P)
@@ -197,8 +223,7 @@ def _fwht_matmul_kernel(
         y = _split_dot(y, hk, SPLITS)
         y = tl.reshape(tl.permute(tl.reshape(y, [BLOCK_M, P, KP]), (0, 2, 1)), [BLOCK_M, KP, P])
     y = tl.reshape(y, [BLOCK_M, KP, P]) * scale
-    out_offs = rows[:, None, None] * N + col[None, :, :]
-    tl.store(out_ptr + out_offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+    _store_rows(out_ptr, y, rows, col, mask, pid, M, N, BLOCK_M, KP, P, FLAT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,14 +245,15 @@ _MATMUL_CONFIGS = [
 
 def _prune(configs, named_args, **kwargs):
     # TILE below one row (KP * P) means one row per program: all such TILEs are the same config,
-    # keep one. Warps: 8..128 elements per thread (fewer wastes threads, more spills registers).
+    # keep one. Warps: 16..64 elements per thread (fewer wastes threads, more spills registers; the
+    # narrow band also keeps autotuning to <= 9 compiles per size).
     args = {**named_args, **kwargs}  # constexprs arrive as kwargs
     row = args["KP"] * args["P"]
     kept, seen = [], set()
     for c in configs:
         tile = max(c.kwargs["TILE"], row)
         per_thread = tile // (32 * c.num_warps)
-        if (tile, c.num_warps) in seen or not (8 <= per_thread <= 128):
+        if (tile, c.num_warps) in seen or not (16 <= per_thread <= 64):
             continue
         seen.add((tile, c.num_warps))
         kept.append(c)
@@ -235,11 +261,11 @@ def _prune(configs, named_args, **kwargs):
 
 
 _butterfly_tuned = triton.autotune(
-    configs=autotune_configs(_BUTTERFLY_CONFIGS), key=["N", "K", "M_BUCKET"],
+    configs=autotune_configs(_BUTTERFLY_CONFIGS), key=["N", "K", "M_BUCKET", "FLAT"],
     prune_configs_by={"early_config_prune": _prune},
 )(_fwht_butterfly_kernel)
 _matmul_tuned = triton.autotune(
-    configs=autotune_configs(_MATMUL_CONFIGS), key=["N", "K", "M_BUCKET", "SPLITS"],
+    configs=autotune_configs(_MATMUL_CONFIGS), key=["N", "K", "M_BUCKET", "SPLITS", "FLAT"],
     prune_configs_by={"early_config_prune": _prune},
 )(_fwht_matmul_kernel)
 
@@ -314,7 +340,10 @@ def _as_rows(x: torch.Tensor):
     return x2, m, 1, x2.stride(0), 0
 
 
-def _launch(x: torch.Tensor, scale: float, h_k: Optional[torch.Tensor], impl: str) -> torch.Tensor:
+def _launch(x: torch.Tensor, scale: float, h_k: Optional[torch.Tensor], impl: str,
+            flat: Optional[bool] = None) -> torch.Tensor:
+    """``flat``: None = flat 1-d loads whenever K == 1 and rows are contiguous; False forces the
+    row-pointer loads (a benchmark variant)."""
     n = x.shape[-1]
     k = 1 if h_k is None else int(h_k.shape[0])
     p = _check_size(n, k, impl)
@@ -333,7 +362,8 @@ def _launch(x: torch.Tensor, scale: float, h_k: Optional[torch.Tensor], impl: st
         block_m = -(-meta["TILE"] // (kp * p))
         return (triton.cdiv(m, block_m),)
 
-    common = dict(N=n, K=k, KP=kp, P=p, LOG_P=log_p)
+    use_flat = k == 1 and r1 == 1 and (m == 1 or s0 == n) and flat is not False
+    common = dict(N=n, K=k, KP=kp, P=p, LOG_P=log_p, FLAT=use_flat)
     if impl == "butterfly":
         _butterfly_tuned[grid](xr, out, hk, m, r1, s0, s1, float(scale), bucket(m), **common)
     else:
