@@ -146,6 +146,9 @@ def attention_flops(b: int, h: int, s_q: int, s_kv: int, d: int, causal: bool) -
 # ---------------------------------------------------------------------------------------------
 
 def git_commit() -> str:
+    """The checkout's commit; ``LOWPREC_COMMIT`` names it where the tree was copied without .git."""
+    if os.environ.get("LOWPREC_COMMIT"):
+        return os.environ["LOWPREC_COMMIT"]
     try:
         root = Path(__file__).resolve().parent.parent
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,

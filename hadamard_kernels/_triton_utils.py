@@ -4,7 +4,10 @@
   (``TRITON_INTERPRET=1``).
 - ``autotune_configs(configs)``: the config list handed to ``@triton.autotune``: every config on a
   GPU, only the first under the interpreter (autotuning there would have to time configs without a
-  GPU driver, which fails; we never fake timings).
+  GPU driver, which fails; we never fake timings). ``LOWPREC_AUTOTUNE=first`` in the environment
+  (read when a kernel module is imported) also keeps only the first config on a GPU: the GPU test
+  suite uses it so that each shape compiles one kernel, not every config
+  (``tests/test_autotuned_gpu.py`` runs the full autotuner separately).
 - ``num_sms(device)``: the multiprocessor count, cached per device.
 - ``tma_allocator()``: a context manager that makes a scratch allocator for TMA tensor descriptors
   visible to Triton for the duration of one call only (see its docstring).
@@ -35,7 +38,8 @@ def autotune_configs(configs: Sequence[T]) -> list[T]:
     configs = list(configs)
     if not configs:
         raise ValueError("autotune_configs needs at least one config")
-    return configs[:1] if is_interpreter() else configs
+    first_only = is_interpreter() or os.environ.get("LOWPREC_AUTOTUNE", "").lower() == "first"
+    return configs[:1] if first_only else configs
 
 
 def _device_index(device: torch.device | str | int | None) -> int:

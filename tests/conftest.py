@@ -6,6 +6,7 @@
 - ``nan_empty``: outputs filled with NaN (or a sentinel for non-float dtypes) so unwritten
   elements fail; every ``torch.empty``/``torch.empty_like`` made during a test is poisoned the same
   way (autouse fixture), which covers the outputs the library allocates itself.
+- On a GPU, ``LOWPREC_AUTOTUNE=first`` (see ``hadamard_kernels/_triton_utils.py``).
 - Markers ``cuda``, ``fa3``, ``fa4``: such tests skip with a reason where the hardware or the
   provider is missing.
 """
@@ -20,6 +21,11 @@ import torch
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
+else:
+    # One config per kernel and shape in the test suite (compiling every autotune config for every
+    # tested shape takes far longer than the tests); tests/test_autotuned_gpu.py runs the full
+    # autotuner, and the benchmark tour always does.
+    os.environ.setdefault("LOWPREC_AUTOTUNE", "first")
 
 import pytest  # noqa: E402
 
