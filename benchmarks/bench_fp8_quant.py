@@ -1,12 +1,16 @@
 """Fused FP8 QKV quantization: GB/s against the torch.clone ceiling.
 
-Cases (GPU): B=1, H_q=H_kv=32, D=128, S in {4096, 16384, 65536} (``--sizes`` overrides S), variants
-plain / rope / hadamard (QKV) / rope+hadamard, for each kernel design (impl ``two-pass`` and the public
-default ``auto``; ``single-read`` when the module offers it); plus B=8, H=32, S=4096 and GQA H_q=32,
-H_kv=8, S=16384 (plain and rope+hadamard). bytes = 2 per input element read + 1 per FP8 element written
-(Q, K and V together). check = fraction of payload bytes equal to the reference (``fp8_quant.reference``)
-on the first ``_CHECK_ROWS`` rows of every head (all rows for the small cases) and descales exactly (ok
-needs equal descales and a rate >= 0.9999: only rounding-midpoint flips may differ). Peer: torchao's FP8 SDPA quantizer when importable.
+Cases (GPU), D=128, bf16, kept few (each new autotune key compiles every config):
+- plain, B=1, H_q=H_kv=32, S in {4096, 16384, 65536} (``--sizes`` overrides S): every kernel design
+  (impl ``two-pass``, ``single-read``, and the public default ``auto``);
+- ``auto`` only: rope and hadamard (QKV) at S=16384, rope+hadamard at every S; B=8 S=4096 plain; GQA
+  H_q=32, H_kv=8, S=16384 rope+hadamard.
+bytes = 2 per input element read + 1 per FP8 element written (Q, K and V together). check = fraction
+of payload bytes equal to the reference (``fp8_quant.reference``) on the first ``_CHECK_ROWS`` rows of
+every head (all rows in quick mode) and descales exactly (ok needs equal descales and a rate >= 0.9999:
+only rounding-midpoint flips may differ). On a GPU the check also prints the host time of one call
+(``# fp8_quant host``: launches enqueued without waiting): where it exceeds the kernel time, the timing
+measures the host, not the GPU. Peer: torchao's FP8 SDPA quantizer when importable.
 ctx.quick: B=1, H=2, S=64 and 100, D=64.
 """
 
@@ -76,9 +80,25 @@ def _check(q, k, v, kw, impl, full: bool):
             equal += int((got.view(torch.uint8) == want.view(torch.uint8)).sum())
             total += got.numel()
         rate = equal / total
+        if q.is_cuda:
+            _print_host_time(lambda: quantize_qkv(q, k, v, _impl=impl, **kw), impl, q.shape, k.shape, kw)
         return "bitexact", rate, bool(ok_ds and rate >= 0.9999)
 
     return run
+
+
+def _print_host_time(call, impl, qshape, kshape, kw, n: int = 20):
+    """Host microseconds per call (launches enqueued, no waiting; compiled + tuned already)."""
+    import time
+
+    call()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        call()
+    host_us = (time.perf_counter() - t0) / n * 1e6
+    torch.cuda.synchronize()
+    print(f"# fp8_quant host: {impl} q{tuple(qshape)} k{tuple(kshape)} {sorted(kw)}: {host_us:.1f} us/call")
 
 
 def _peer_case(ctx, q, k, v, shape, nbytes, size):
@@ -97,15 +117,22 @@ def cases(ctx: Context) -> Iterable[Case]:
     gen = torch.Generator(device=device)
     gen.manual_seed(0)
     d = 64 if ctx.quick else 128
-    if ctx.quick:
-        configs = [(1, 2, 2, s) for s in (ctx.sizes or [64, 100])]
-    else:
-        configs = [(1, 32, 32, s) for s in (ctx.sizes or [4096, 16384, 65536])]
-        if not ctx.sizes:
-            configs += [(8, 32, 32, 4096), (1, 32, 8, 16384)]
     impls = _impls()
+    if ctx.quick:
+        sizes = ctx.sizes or [64, 100]
+        plan = [((1, 2, 2, s_), v_, impls) for s_ in sizes for v_ in ("plain", "rope+hadamard")]
+    else:
+        sizes = ctx.sizes or [4096, 16384, 65536]
+        plan = []
+        for s_ in sizes:
+            plan.append(((1, 32, 32, s_), "plain", impls))
+            if s_ == 16384:
+                plan += [((1, 32, 32, s_), "rope", ["auto"]), ((1, 32, 32, s_), "hadamard", ["auto"])]
+            plan.append(((1, 32, 32, s_), "rope+hadamard", ["auto"]))
+        if not ctx.sizes:
+            plan += [((8, 32, 32, 4096), "plain", ["auto"]), ((1, 32, 8, 16384), "rope+hadamard", ["auto"])]
     peer_note_done = False
-    for b, hq, hkv, s in configs:
+    for b, hq, hkv, s in dict.fromkeys(cfg for cfg, _, _ in plan):
         q, k, v = _inputs(b, hq, hkv, s, d, device, gen)
         cos, sin = _rope(s, d, device)
         sign = (torch.randint(0, 2, (d,), device=device, generator=gen) * 2 - 1).float()
@@ -118,17 +145,18 @@ def cases(ctx: Context) -> Iterable[Case]:
             "hadamard": dict(hadamard=HadamardMode.QKV.value, sign_vector=sign),
             "rope+hadamard": dict(cos=cos, sin=sin, hadamard=HadamardMode.QKV.value, sign_vector=sign),
         }
-        if (b, hq, hkv) != (1, 32, 32) and not ctx.quick:
-            variants = {k_: variants[k_] for k_ in ("plain", "rope+hadamard")}
-        full = ctx.quick or b * hq * s <= 32 * 4096
+        full = ctx.quick
         # rotate input sets only when one set is small enough to sit in L2
         if 2 * n_in > (256 << 20) or not ctx.on_gpu:
             rot = Rotating(lambda qkv=(q, k, v): qkv, 1)
         else:
             rot = Rotating(lambda b=b, hq=hq, hkv=hkv, s=s: _inputs(b, hq, hkv, s, d, device, gen),
                            rotation_count(2 * n_in, device))
-        for vname, kw in variants.items():
-            for impl in impls:
+        for cfg, vname, case_impls in plan:
+            if cfg != (b, hq, hkv, s):
+                continue
+            kw = variants[vname]
+            for impl in case_impls:
                 def fn(kw=kw, impl=impl, rot=rot):
                     from fp8_quant import quantize_qkv
 

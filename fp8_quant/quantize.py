@@ -217,14 +217,10 @@ def _chunk_quant(x_ptr, stride_b, stride_h, stride_s, stride_d,
 
 
 def _configs():
-    # first config = the one the interpreter uses (autotune_configs keeps only it there)
-    cfgs = [triton.Config({"BLOCK_S": 32}, num_warps=4, num_stages=2)]
-    for bs in (16, 32, 64, 128):
-        for w in (4, 8):
-            for st in (2, 3):
-                if (bs, w, st) != (32, 4, 2):
-                    cfgs.append(triton.Config({"BLOCK_S": bs}, num_warps=w, num_stages=st))
-    return autotune_configs(cfgs)
+    # Four configs (every new autotune key compiles all of them): BLOCK_S 32/64 x 4/8 warps, 2 stages.
+    # The first is the one the interpreter (and LOWPREC_AUTOTUNE=first) uses.
+    return autotune_configs([triton.Config({"BLOCK_S": bs}, num_warps=w, num_stages=2)
+                             for bs, w in ((32, 4), (64, 8), (64, 4), (32, 8))])
 
 
 def _prune(configs, named_args, **kwargs):
@@ -234,7 +230,9 @@ def _prune(configs, named_args, **kwargs):
     return keep or [min(configs, key=lambda c: c.kwargs["BLOCK_S"])]
 
 
-_KEY = ["S_BUCKET", "HEAD_DIM", "CHUNK_S", "ROPE", "INTERLEAVED", "COMPACT_CS", "HAD_QK", "HAD_V", "HAS_SIGN"]
+# No S_BUCKET in the key: the work of one program is set by CHUNK_S (itself a power-of-two bucket of the
+# total row count), so one tuning serves every S with the same chunk, and a benchmark compiles less.
+_KEY = ["HEAD_DIM", "CHUNK_S", "ROPE", "INTERLEAVED", "COMPACT_CS", "HAD_QK", "HAD_V", "HAS_SIGN"]
 
 
 @triton.autotune(configs=_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune})
@@ -412,11 +410,20 @@ def _chunk_rows(total_rows: int, device: torch.device, override: Optional[int]) 
     """Rows of one S-chunk (a power of two): enough programs to fill the GPU several times over,
     as few chunk maxima as that allows."""
     if override is not None:
-        return int(override)
+        override = int(override)
+        if override < 32 or override & (override - 1):
+            raise ValueError(f"_chunk_s must be a power of two >= 32, got {override}")
+        return override
     target_programs = 16 * num_sms(device)
     rows = total_rows // max(1, target_programs)
     rows = 1 << max(0, rows.bit_length() - 1)  # previous power of two
     return int(min(512, max(32, rows)))
+
+
+@functools.lru_cache(maxsize=None)
+def _inv_sqrt(d: int) -> float:
+    """1/sqrt(d) rounded to fp32 (the constant the kernels multiply by), computed once per d."""
+    return float(torch.tensor(1.0 / math.sqrt(d), dtype=torch.float32))
 
 
 def _check_tensor(name: str, x: torch.Tensor) -> None:
@@ -532,7 +539,7 @@ def _launch(tensors, group: int, layout: str, cos, sin, rope_interleaved: bool, 
     consts = dict(
         HEAD_DIM=d, BLOCK_D=block_d, CHUNK_S=chunk, ROPE=rope, INTERLEAVED=bool(rope_interleaved),
         COMPACT_CS=compact, HAD_QK=bool(had_qk), HAD_V=bool(had_v), HAS_SIGN=sign is not None,
-        LOG2_D=int(math.log2(block_d)), INV_SQRT_D=float(torch.tensor(1.0 / math.sqrt(d), dtype=torch.float32)),
+        LOG2_D=int(math.log2(block_d)), INV_SQRT_D=_inv_sqrt(d),
     )
     cos_arg = cos if rope else q
     sin_arg = sin if rope else q
@@ -582,8 +589,8 @@ def _launch_single_read(tensors, outs, descales, group, layout, cos, sin, rope_i
                          f"use the two-pass design")
     np_, rows = plan
     n_groups = b * h_kv
-    amax = torch.zeros(3 * n_groups, dtype=torch.int32, device=device)
-    cnt = torch.zeros(3 * n_groups, dtype=torch.int32, device=device)
+    scratch = torch.zeros(6 * n_groups, dtype=torch.int32, device=device)  # one memset for both
+    amax, cnt = scratch[:3 * n_groups], scratch[3 * n_groups:]
     rope = cos is not None
     compact = bool(rope and cos.shape[1] != d)
     if rope and sin.stride() != cos.stride():
@@ -601,7 +608,7 @@ def _launch_single_read(tensors, outs, descales, group, layout, cos, sin, rope_i
         bucket(max(s_q, s_kv)),
         HEAD_DIM=d, BLOCK_D=block_d, ROWS=rows, ROPE=rope, INTERLEAVED=bool(rope_interleaved), COMPACT_CS=compact,
         HAD_QK=bool(had_qk), HAD_V=bool(had_v), HAS_SIGN=sign is not None, LOG2_D=int(math.log2(block_d)),
-        INV_SQRT_D=float(torch.tensor(1.0 / math.sqrt(d), dtype=torch.float32)), enable_fp_fusion=False, **extra)
+        INV_SQRT_D=_inv_sqrt(d), enable_fp_fusion=False, **extra)
     return outs, descales
 
 

@@ -243,6 +243,14 @@ def test_quantize_per_head_many_chunks(layout, chunk, gen, device):
     assert bool((err <= tol * 1.0001).all())
 
 
+@pytest.mark.parametrize("chunk", [16, 48])
+def test_quantize_per_head_bad_chunk(chunk, gen, device):
+    # the kernels' row blocks are >= 32 rows: a smaller or non-power-of-two chunk is refused before launch
+    x = make((1, 2, 70, 64), gen, device)
+    with pytest.raises(ValueError, match="_chunk_s"):
+        quantize_per_head(x, 1, _chunk_s=chunk)
+
+
 def test_quantize_per_head_rope_hadamard(gen, device):
     x = make((1, 2, 70, 64), gen, device)
     cos, sin = make_cos_sin(70, 64, gen, device, True, True)
