@@ -1,24 +1,29 @@
 """Hadamard transforms: GB/s against the torch.clone ceiling of the same run, and decode latency.
 
-Bandwidth cases (bf16, rows so the input is >= 256 MiB; bytes = 2 * numel * itemsize): every power of
-two 16..32768 and K * 2^m sizes up to 28672, one row per implementation so one GPU run answers the
-design questions and fills ``hadamard_kernels.hadamard.DISPATCH``:
+Kept lean so the whole suite (compiles and autotuning included) runs in about two minutes on one GPU.
+Bandwidth cases (bf16, rows so the input is >= 256 MiB; bytes = 2 * numel * itemsize), one row per
+implementation so one GPU run answers the design questions and fills
+``hadamard_kernels.hadamard.DISPATCH`` / ``DISPATCH_K``:
 
-- ``butterfly``: the in-register butterfly kernel (all its autotune configs);
-- ``matmul``: the tensor-core kernel (bf16 hi/lo split dots);
-- ``butterfly-2d`` / ``matmul-2d`` (powers of two): the same kernels with row-pointer loads and stores
-  instead of the flat 1-d ones used for contiguous rows (which layout wins, per n?);
-- ``auto``: what ``hadamard_transform`` / ``hadamard_transform_<K>N`` run (the dispatch table);
-- ``torch-matmul``: dense ``x @ H`` in bf16 (a peer: rounds H x in bf16 inputs, fp32 accumulate);
-- ``fast_hadamard_transform``: Dao's CUDA kernel when importable (skipped with a note otherwise; its
-  K * 2^m matrices differ from ours, so those rows carry no accuracy check).
+- powers of two 16..32768 and K * 2^m in {12*1024, 20*1024, 28*512, 28*1024, 40*512}:
+  ``butterfly`` (the in-register butterfly kernel), ``matmul`` (the tensor-core kernel, bf16 hi/lo
+  split dots), ``auto`` (what ``hadamard_transform`` / ``hadamard_transform_<K>N`` run: the dispatch
+  table);
+- n in {256, 4096, 32768}: ``torch-matmul``, dense ``x @ H`` in bf16 (a peer: fp32 accumulate; at
+  32768 compute-bound), the ``speedup`` baseline of those sizes;
+- n in {16, 256, 4096}: ``butterfly-2d``, the butterfly with row-pointer loads and stores instead of
+  the flat 1-d ones used for contiguous rows (does the flat layout pay off at small n?);
+- ``fast_hadamard_transform``: Dao's CUDA kernel when importable (powers of two only).
 
 check = relative RMS error against the float64 reference on the first rows, divided by the error of
-rounding the exact result once to bf16 (ok <= 1.1). Decode latency (op ``latency``): 1x4096,
-16x4096 and 128x4096 bf16 through ``harness.Rotating`` input sets so repeated calls miss L2; the
-``us`` column is the number to read (aim: <= 5 us).
+rounding the exact result once to bf16 (ok <= 1.1). Decode latency (op ``latency``, 1x4096, 16x4096,
+128x4096 bf16; the ``us`` column is the number to read, aim <= 5 us): ``auto`` through the public
+function (custom-op dispatch included) on rotating input sets; ``launch`` the same kernel launched
+directly (no ``torch.library`` dispatch: the difference is the custom op's host overhead);
+``graph`` one captured call replayed from a CUDA graph (GPU only: the kernel without host overhead).
 
-``ctx.quick``: 4 rows, a few n <= 1024. ``ctx.sizes``: those n only (powers of two or K * 2^m).
+``ctx.quick``: 4 rows, a few n <= 1024. ``ctx.sizes``: those n only (powers of two or K * 2^m), the
+same impls as above for each.
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ from hadamard_kernels.reference import hadamard_transform_ref, rel_rms, rounding
 
 SUITE = "hadamard"
 POW2 = [2 ** i for i in range(4, 16)]  # 16 .. 32768
-K_SIZES = [(12, 256), (12, 1024), (20, 256), (20, 1024), (28, 128), (28, 512), (28, 1024), (40, 128), (40, 512)]
+K_SIZES = [(12, 1024), (20, 1024), (28, 512), (28, 1024), (40, 512)]
+TORCH_MATMUL_N = (256, 4096, 32768)
+ROW_POINTER_N = (16, 256, 4096)
 TARGET_BYTES = 256 << 20
 CHECK_ROWS = 64
 
@@ -69,9 +76,17 @@ class _Input:
         return _Input.current[key]
 
 
-@functools.lru_cache(maxsize=4)
-def _dense(n: int, k: int, device: str) -> torch.Tensor:
-    return hadamard_matrix(n, torch.bfloat16, device, k=k)
+@functools.lru_cache(maxsize=1)
+def _dense(n: int, device: str) -> torch.Tensor:
+    """The Sylvester matrix H_n in bf16 (exact), built on the device by doubling: no float64 host
+    copy (8 GiB at n = 32768)."""
+    if device != "cuda":
+        return hadamard_matrix(n, torch.bfloat16, device)
+    h = torch.ones(1, 1, dtype=torch.bfloat16, device=device)
+    h2 = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.bfloat16, device=device)
+    while h.shape[0] < n:
+        h = torch.kron(h2, h)  # [[H, H], [H, -H]]: scipy.linalg.hadamard order
+    return h
 
 
 def _impls(k: int, n: int, device: str, x: Callable[[], torch.Tensor]) -> list[tuple[str, Callable, str, bool]]:
@@ -81,16 +96,13 @@ def _impls(k: int, n: int, device: str, x: Callable[[], torch.Tensor]) -> list[t
         ("butterfly", lambda: H.butterfly_hadamard(x(), 1.0, hk), "", True),
         ("matmul", lambda: H.matmul_hadamard(x(), 1.0, hk), "", True),
         ("auto", lambda: _K_PUBLIC[k](x(), 1.0), f"dispatch: {H._pick(n, k, torch.bfloat16)}", True),
-        ("torch-matmul", lambda: x() @ _dense(n, k, device), "dense bf16 x @ H", True),
     ]
-    if k == 1:  # design variant: row-pointer 2-d loads/stores instead of flat 1-d ones
-        out += [("butterfly-2d", lambda: H._launch(x(), 1.0, None, "butterfly", flat=False), "", True),
-                ("matmul-2d", lambda: H._launch(x(), 1.0, None, "matmul", flat=False), "", True)]
-    if _fht is not None and device == "cuda":
-        f = _fht.hadamard_transform if k == 1 else getattr(_fht, f"hadamard_transform_{k}N", None)
-        if f is not None:
-            out.append(("fast_hadamard_transform", lambda: f(x(), 1.0),
-                        "" if k == 1 else "its H_K differs: no check", k == 1))
+    if k == 1 and n in TORCH_MATMUL_N:
+        out.append(("torch-matmul", lambda: x() @ _dense(n, device), "dense bf16 x @ H", True))
+    if k == 1 and n in ROW_POINTER_N:  # design variant: row-pointer 2-d loads/stores
+        out.append(("butterfly-2d", lambda: H._launch(x(), 1.0, None, "butterfly", flat=False), "", True))
+    if _fht is not None and device == "cuda" and k == 1:
+        out.append(("fast_hadamard_transform", lambda: _fht.hadamard_transform(x(), 1.0), "", True))
     return out
 
 
@@ -113,15 +125,36 @@ def _size_cases(ctx: Context, k: int, p: int, rows: Optional[int] = None) -> Ite
     shape = f"{rows}x{n}"
     nbytes = 2 * rows * n * 2
     op = "hadamard" if k == 1 else f"hadamard_{k}N"
-    for impl, fn, note, checkable in _impls(k, n, ctx.device, inp.get):
+    impls = _impls(k, n, ctx.device, inp.get)
+    has_baseline = any(impl == "torch-matmul" for impl, *_ in impls)
+    for impl, fn, note, checkable in impls:
         if not ctx.on_gpu and impl == "torch-matmul":
             note = note + " (CPU: fp32 matmul)"
-            fn = (lambda: (inp.get().float() @ _dense(n, k, ctx.device).float()).to(torch.bfloat16))
+            fn = (lambda: (inp.get().float() @ _dense(n, ctx.device).float()).to(torch.bfloat16))
         if ctx.on_gpu and n >= 16384 and impl == "torch-matmul":
             note = note + " (compute-bound)"
         yield Case(SUITE, op, impl, shape, "bf16", fn, nbytes=nbytes,
                    check=_check(fn, inp.get, k) if checkable else None,
-                   baseline=f"{SUITE}/{op}/torch-matmul/{shape}/bf16", size=n, note=note)
+                   baseline=f"{SUITE}/{op}/torch-matmul/{shape}/bf16" if has_baseline else None,
+                   size=n, note=note)
+
+
+class _GraphReplay:
+    """``fn(x)`` captured once in a CUDA graph (lazily: cases are listed before any runs); each call
+    replays it and returns the graph's static output."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor):
+        self.fn, self.x, self.graph, self.out = fn, x, None, None
+
+    def __call__(self) -> torch.Tensor:
+        if self.graph is None:
+            self.fn(self.x)  # compile + autotune outside the capture
+            torch.cuda.synchronize()
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = self.fn(self.x)
+        self.graph.replay()
+        return self.out
 
 
 def _latency_cases(ctx: Context) -> Iterable[Case]:
@@ -132,15 +165,27 @@ def _latency_cases(ctx: Context) -> Iterable[Case]:
         g = torch.Generator(device=ctx.device).manual_seed(rows)
         rot = harness.Rotating(lambda: torch.randn(rows, n, generator=g, device=ctx.device).to(torch.bfloat16), count)
         first = rot.items[0]
-        for impl, f in (("butterfly", H.butterfly_hadamard), ("matmul", H.matmul_hadamard),
-                        ("auto", H.hadamard_transform)):
+        impl_name = H._pick(n, 1, torch.bfloat16)
+        # default arguments bind this iteration's inputs (cases run after the loop has finished)
+        variants = [
+            ("auto", H.hadamard_transform, lambda rot=rot: H.hadamard_transform(rot.next()),
+             f"rotating {count} input sets"),
+            ("launch", lambda t, i=impl_name: H._launch(t, 1.0, None, i),
+             lambda rot=rot, i=impl_name: H._launch(rot.next(), 1.0, None, i),
+             f"kernel {impl_name} launched without custom-op dispatch; rotating {count} input sets"),
+        ]
+        if ctx.on_gpu:
+            replay = _GraphReplay(H.hadamard_transform, first)
+            variants.append(("graph", lambda t, replay=replay: replay(), replay,
+                             "CUDA graph replay, one static input"))
+        for impl, f, timed, note in variants:
             def check(f=f, first=first):
                 ref = hadamard_transform_ref(first)
                 ratio = rel_rms(f(first), ref) / rounding_bound(ref, torch.bfloat16)
                 return "rel_rms/1rounding", ratio, ratio <= 1.1
 
-            yield Case(SUITE, "latency", impl, f"{rows}x{n}", "bf16", (lambda f=f: f(rot.next())),
-                       nbytes=2 * per_set, check=check, note=f"rotating {count} input sets")
+            yield Case(SUITE, "latency", impl, f"{rows}x{n}", "bf16", timed,
+                       nbytes=2 * per_set, check=check, note=note)
 
 
 def cases(ctx: Context) -> Iterable[Case]:

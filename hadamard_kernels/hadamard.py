@@ -123,8 +123,8 @@ def _fwht_butterfly_kernel(
 ):
     # One program: BLOCK_M = ceil(TILE / (KP * P)) whole rows, as a [BLOCK_M, KP, P] fp32 tile
     # (K axis padded to KP with zeros). H_P by in-register butterfly stages; for K > 1 each output
-    # slice i (P columns) is sum_j H_K[j, i] * Y[:, j, :], with H_K read from hk_ptr ([KP, KP] fp32,
-    # zero padded). Output rows are contiguous, N apart.
+    # slice i (P columns) is sum_j H_K[j, i] * Y[:, j, :], with H_K read from hk_ptr ([K, K] fp32,
+    # contiguous; rows >= K masked to zero). Output rows are contiguous, N apart.
     BLOCK_M: tl.constexpr = (TILE + KP * P - 1) // (KP * P)
     pid = tl.program_id(0)
     rows, offs_x = _row_offsets(pid, M, R1, stride_x0, stride_x1, BLOCK_M)
@@ -142,7 +142,7 @@ def _fwht_butterfly_kernel(
     else:
         y = tl.reshape(y, [BLOCK_M, KP, P])
         for i in range(K):
-            h_col = tl.load(hk_ptr + offs_k * KP + i)  # H_K[:, i]
+            h_col = tl.load(hk_ptr + offs_k * K + i, mask=offs_k < K, other=0.0)  # H_K[:, i]
             o = tl.sum(y * h_col[None, :, None], axis=1) * scale
             tl.store(out_row + i * P + offs_p[None, :], o.to(out_ptr.dtype.element_ty),
                      mask=row_ok[:, None])
@@ -188,7 +188,8 @@ def _fwht_matmul_kernel(
     # One program: BLOCK_M = ceil(TILE / (KP * P)) whole rows as a [BLOCK_M, KP, P] fp32 tile.
     # P = F1 * F2 * F3 (F3, F2 may be 1): H_P = H_F1 (x) H_F2 (x) H_F3, one tl.dot per factor along
     # its axis of the [R, F1, F2, F3] view (permutes bring that axis last). P < 16: butterfly stages.
-    # K > 1: one more dot along the K axis against H_K ([KP, KP] bf16, zero padded, KP >= 16).
+    # K > 1: one more dot along the K axis against H_K (hk_ptr: [K, K] fp32 contiguous, loaded
+    # zero-padded to [KP, KP] bf16 (exact), KP >= 16).
     BLOCK_M: tl.constexpr = (TILE + KP * P - 1) // (KP * P)
     R: tl.constexpr = BLOCK_M * KP
     pid = tl.program_id(0)
@@ -219,7 +220,9 @@ def _fwht_matmul_kernel(
     if K > 1:
         # [BLOCK_M, KP, P] -> [BLOCK_M, P, KP]: out[:, :, i] = sum_j y[:, :, j] * H_K[j, i]
         y = tl.reshape(tl.permute(tl.reshape(y, [BLOCK_M, KP, P]), (0, 2, 1)), [BLOCK_M * P, KP])
-        hk = tl.load(hk_ptr + offs_k[:, None] * KP + offs_k[None, :]).to(tl.bfloat16)
+        k_ok = offs_k < K
+        hk = tl.load(hk_ptr + offs_k[:, None] * K + offs_k[None, :], mask=k_ok[:, None] & k_ok[None, :],
+                     other=0.0).to(tl.bfloat16)
         y = _split_dot(y, hk, SPLITS)
         y = tl.reshape(tl.permute(tl.reshape(y, [BLOCK_M, P, KP]), (0, 2, 1)), [BLOCK_M, KP, P])
     y = tl.reshape(y, [BLOCK_M, KP, P]) * scale
@@ -231,22 +234,26 @@ def _fwht_matmul_kernel(
 # row), so every config is valid for every n and the interpreter's single config runs everywhere.
 # ---------------------------------------------------------------------------------------------
 
+# <= 5 configs per kernel (each autotune key compiles every config that survives the prune; GPU
+# compile time dominates a tour). The first is the interpreter's and the only one under
+# LOWPREC_AUTOTUNE=first: valid for every n (one row per program above 4096 elements).
+# Memory-bound tiles want ~32-64 fp32 elements per thread (TRITON_NOTES: 128x128 tiles, 8 warps ran
+# at 96% of the copy ceiling); the 16/32-warp configs are the only ones the prune keeps at n = 32768.
 _BUTTERFLY_CONFIGS = [
     triton.Config({"TILE": tile}, num_warps=w, num_stages=1)
-    for tile in (4096, 2048, 8192, 16384)
-    for w in (4, 8, 16, 32)
+    for tile, w in ((4096, 4), (8192, 8), (16384, 8), (16384, 16), (8192, 32))
 ]
+# tl.dot operands and the permutes between factors go through shared memory: at most 16 warps.
 _MATMUL_CONFIGS = [
     triton.Config({"TILE": tile}, num_warps=w, num_stages=1)
-    for tile in (4096, 2048, 8192, 16384)
-    for w in (4, 8, 16)
+    for tile, w in ((4096, 4), (4096, 8), (16384, 8), (16384, 16))
 ]
 
 
 def _prune(configs, named_args, **kwargs):
     # TILE below one row (KP * P) means one row per program: all such TILEs are the same config,
     # keep one. Warps: 16..64 elements per thread (fewer wastes threads, more spills registers; the
-    # narrow band also keeps autotuning to <= 9 compiles per size).
+    # narrow band also keeps autotuning to <= 4 compiles per size).
     args = {**named_args, **kwargs}  # constexprs arrive as kwargs
     row = args["KP"] * args["P"]
     kept, seen = [], set()
@@ -309,12 +316,17 @@ def _check_size(n: int, k: int, name: str) -> int:
     return n // k
 
 
-def _padded_hk(h_k: Optional[torch.Tensor], kp: int, device) -> torch.Tensor:
+def _hk_arg(h_k: Optional[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    # No per-call allocation on the hot path: K == 1 hands x itself as the (never read) pointer; the
+    # kernels read H_K as [K, K] fp32 contiguous and zero-pad it in registers. The public functions
+    # pass an already fp32-contiguous H_K, so .to/.contiguous are no-ops there.
     if h_k is None:
-        return torch.ones(1, 1, dtype=torch.float32, device=device)  # unused placeholder
-    out = torch.zeros(kp, kp, dtype=torch.float32, device=device)
-    out[: h_k.shape[0], : h_k.shape[1]] = h_k.to(torch.float32)
-    return out
+        return x
+    if h_k.dim() != 2 or h_k.shape[0] != h_k.shape[1]:
+        raise ValueError(f"h_k must be a square K x K matrix, got shape {tuple(h_k.shape)}")
+    if h_k.device != x.device:
+        raise ValueError(f"h_k is on {h_k.device}, x on {x.device}")
+    return h_k.to(torch.float32).contiguous()
 
 
 def _as_rows(x: torch.Tensor):
@@ -355,7 +367,7 @@ def _launch(x: torch.Tensor, scale: float, h_k: Optional[torch.Tensor], impl: st
         raise ValueError(f"matmul_hadamard: n={n} (K={k}, padded row {kp * p}) exceeds the matmul "
                          f"kernel's {MATMUL_MAX_ROW}-element row; use butterfly_hadamard")
     xr, m, r1, s0, s1 = _as_rows(x)
-    hk = _padded_hk(h_k, kp, x.device)
+    hk = _hk_arg(h_k, xr)
     log_p = p.bit_length() - 1
 
     def grid(meta):
