@@ -15,12 +15,12 @@ may have any size. The tensor is viewed as (outer, L, inner) with L the transfor
 - inner > 1 (e.g. axis=0 of a 2-D tensor): "columns" kernel, tiles of [d, BLOCK_I] read along the
   contiguous inner dim, y = M^T @ x, so no transpose is ever materialized.
 
-Precision: the products are accumulated in fp32 and rounded once to the output dtype. bf16/fp16
-inputs are exact in their dtype; the fp32 matrix is split into hi + lo parts in the input dtype
-(``hi = M.to(dtype)``, ``lo = (M - hi).to(dtype)``) and y = x @ hi + x @ lo on tensor cores (lo is
-all zeros, and skipped, when d is an even power of two: +-1/sqrt(d) is then a power of two). fp32
-inputs use ``tf32x3`` dots. d < 16 (2, 4, 8) is below ``tl.dot``'s minimum: those use fp32 register
-math (broadcast multiply + sum).
+Precision: the kernels multiply by the +-1 matrix diag(s) @ H_d (inverse: H_d @ diag(s)), which is
+exact in every dtype, accumulate in fp32, scale the fp32 result by 1/sqrt(d) in fp32 and round once
+to the output dtype. For bf16/fp16 inputs that is ONE tensor-core dot with exact operands (the only
+errors are fp32 accumulation and the fp32 scale, far below the output rounding); fp32 inputs use a
+``tf32x3`` dot (the +-1 matrix is exact in tf32, x is split in three). d < 16 (2, 4, 8) is below
+``tl.dot``'s minimum: those use fp32 register math (broadcast multiply + sum).
 """
 
 from __future__ import annotations
@@ -141,18 +141,14 @@ def get_rht_matrix(sign_vector: SignVector, device, dtype: torch.dtype = torch.b
 
 
 @functools.lru_cache(maxsize=None)
-def _hi_lo_cached(signs: tuple[int, ...], inverse: bool, device: torch.device, dtype: torch.dtype):
-    """(hi, lo, has_lo): the fp32 (inverse) RHT matrix split into two ``dtype`` matrices with
-    hi + lo == M to ~16 significant bits (exact when lo is zero)."""
-    m = _rht_matrix_f64(signs)
-    if inverse:
-        m = m.t().contiguous()
-    m32 = m.to(torch.float32)
-    if dtype == torch.float32:
-        return m32.to(device), m32.to(device), False
-    hi = m32.to(dtype)
-    lo = (m32 - hi.to(torch.float32)).to(dtype)
-    return hi.to(device), lo.to(device), bool(lo.abs().max().item() > 0)
+def _pm1_cached(signs: tuple[int, ...], inverse: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The unscaled +-1 (inverse) RHT matrix, diag(s) @ H_d (inverse: H_d @ diag(s)), in ``dtype``
+    (exact). The kernels multiply the fp32 product by 1/sqrt(d)."""
+    d = len(signs)
+    s = torch.tensor(signs, dtype=torch.float64)
+    h = sylvester_matrix(d, torch.float64)
+    m = h * s[None, :] if inverse else s[:, None] * h
+    return m.to(dtype=dtype, device=device).contiguous()
 
 
 # -------------------------------------------------------------------------------------------------
@@ -160,86 +156,87 @@ def _hi_lo_cached(signs: tuple[int, ...], inverse: bool, device: torch.device, d
 # -------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _rht_block_rows(x, mhi_ptr, mlo_ptr, D: tl.constexpr, HAS_LO: tl.constexpr, IS_FP32: tl.constexpr):
-    # x: [R, D] in the input dtype -> x @ M in fp32. M is [D, D] row-major (mhi + mlo).
-    k = tl.arange(0, D)
-    m_offs = k[:, None] * D + k[None, :]
+def _rht_block_rows(x, m, scale, D: tl.constexpr, IS_FP32: tl.constexpr):
+    # x: [R, D] in the input dtype -> (x @ m) * scale in fp32. m is the [D, D] +-1 matrix (exact in
+    # x's dtype, so one dot with fp32 accumulation is exact up to fp32 accumulation).
     if D >= 16:
-        mhi = tl.load(mhi_ptr + m_offs)
         if IS_FP32:
-            y = tl.dot(x, mhi, input_precision="tf32x3")
+            y = tl.dot(x, m, input_precision="tf32x3")
         else:
-            y = tl.dot(x, mhi)
-            if HAS_LO:
-                y = tl.dot(x, tl.load(mlo_ptr + m_offs), y)
+            y = tl.dot(x, m)
     else:
-        m = tl.load(mhi_ptr + m_offs).to(tl.float32)
-        if HAS_LO:
-            m += tl.load(mlo_ptr + m_offs).to(tl.float32)
-        y = tl.sum(x.to(tl.float32)[:, :, None] * m[None, :, :], axis=1)
-    return y
+        y = tl.sum(x.to(tl.float32)[:, :, None] * m.to(tl.float32)[None, :, :], axis=1)
+    return y * scale
 
 
 @triton.jit
-def _rht_block_cols(x, mhi_ptr, mlo_ptr, D: tl.constexpr, HAS_LO: tl.constexpr, IS_FP32: tl.constexpr):
-    # x: [D, C] (one block of D along dim 0 for each of C columns) -> M^T @ x in fp32.
-    k = tl.arange(0, D)
-    mt_offs = k[None, :] * D + k[:, None]  # mt[j, i] = M[i, j]
+def _rht_block_cols(x, mt, scale, D: tl.constexpr, IS_FP32: tl.constexpr):
+    # x: [D, C] (one block of D along dim 0 for each of C columns) -> (mt @ x) * scale in fp32,
+    # mt = M^T with M the +-1 matrix.
     if D >= 16:
-        mthi = tl.load(mhi_ptr + mt_offs)
         if IS_FP32:
-            y = tl.dot(mthi, x, input_precision="tf32x3")
+            y = tl.dot(mt, x, input_precision="tf32x3")
         else:
-            y = tl.dot(mthi, x)
-            if HAS_LO:
-                y = tl.dot(tl.load(mlo_ptr + mt_offs), x, y)
+            y = tl.dot(mt, x)
     else:
-        mt = tl.load(mhi_ptr + mt_offs).to(tl.float32)
-        if HAS_LO:
-            mt += tl.load(mlo_ptr + mt_offs).to(tl.float32)
-        y = tl.sum(mt[:, :, None] * x.to(tl.float32)[None, :, :], axis=1)
-    return y
+        y = tl.sum(mt.to(tl.float32)[:, :, None] * x.to(tl.float32)[None, :, :], axis=1)
+    return y * scale
 
 
 @triton.jit
-def _rht_rows_kernel(x_ptr, y_ptr, mhi_ptr, mlo_ptr, n_rows, size_bucket,
-                     D: tl.constexpr, HAS_LO: tl.constexpr, IS_FP32: tl.constexpr, BLOCK_R: tl.constexpr):
-    # x, y: contiguous (n_rows, D) views (blocks along the last, contiguous axis). One program
-    # transforms BLOCK_R consecutive rows: load [BLOCK_R, D], y = x @ M (fp32), store in y's dtype.
+def _rht_rows_kernel(x_ptr, y_ptr, m_ptr, scale, n_rows, size_bucket,
+                     D: tl.constexpr, IS_FP32: tl.constexpr, BLOCK_R: tl.constexpr, TILES: tl.constexpr):
+    # x, y: contiguous (n_rows, D) views (blocks along the last, contiguous axis). One program loads
+    # the [D, D] +-1 matrix once, then transforms TILES consecutive tiles of BLOCK_R rows: load
+    # [BLOCK_R, D], y = (x @ M) * scale (fp32), store in y's dtype (the loop is software-pipelined
+    # with the config's num_stages; tiles past n_rows are masked).
     pid = tl.program_id(0)
-    rows = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, D)
-    offs = rows[:, None] * D + cols[None, :]
-    mask = rows[:, None] < n_rows
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
-    y = _rht_block_rows(x, mhi_ptr, mlo_ptr, D, HAS_LO, IS_FP32)
-    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+    m = tl.load(m_ptr + cols[:, None] * D + cols[None, :])
+    for t in tl.range(0, TILES):
+        rows = (pid.to(tl.int64) * TILES + t) * BLOCK_R + tl.arange(0, BLOCK_R)
+        offs = rows[:, None] * D + cols[None, :]
+        mask = rows[:, None] < n_rows
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+        y = _rht_block_rows(x, m, scale, D, IS_FP32)
+        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _rht_cols_kernel(x_ptr, y_ptr, mhi_ptr, mlo_ptr, n_inner, size_bucket,
-                     D: tl.constexpr, HAS_LO: tl.constexpr, IS_FP32: tl.constexpr, BLOCK_I: tl.constexpr):
+def _rht_cols_kernel(x_ptr, y_ptr, m_ptr, scale, n_inner, size_bucket,
+                     D: tl.constexpr, IS_FP32: tl.constexpr, BLOCK_I: tl.constexpr, TILES: tl.constexpr):
     # x, y: contiguous (n_blocks, D, n_inner) views (blocks along a middle axis). Program (b, j)
-    # transforms block b for inner columns [j*BLOCK_I, (j+1)*BLOCK_I): load [D, BLOCK_I] (rows
-    # strided by n_inner, columns contiguous), y = M^T @ x (fp32), store in y's dtype.
+    # loads M^T once, then transforms block b for TILES consecutive tiles of BLOCK_I inner columns,
+    # starting at column j*TILES*BLOCK_I: load [D, BLOCK_I] (rows strided by n_inner, columns
+    # contiguous), y = (M^T @ x) * scale (fp32), store in y's dtype.
     b = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
     k = tl.arange(0, D)
-    offs = b * D * n_inner + k[:, None].to(tl.int64) * n_inner + cols[None, :]
-    mask = cols[None, :] < n_inner
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
-    y = _rht_block_cols(x, mhi_ptr, mlo_ptr, D, HAS_LO, IS_FP32)
-    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+    mt = tl.load(m_ptr + k[None, :] * D + k[:, None])  # mt[j, i] = M[i, j]
+    for t in tl.range(0, TILES):
+        cols = (tl.program_id(1) * TILES + t) * BLOCK_I + tl.arange(0, BLOCK_I)
+        offs = b * D * n_inner + k[:, None].to(tl.int64) * n_inner + cols[None, :]
+        mask = cols[None, :] < n_inner
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+        y = _rht_block_cols(x, mt, scale, D, IS_FP32)
+        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-# Plain lists, easy to edit after a GPU run.
+# Plain lists, easy to edit after a GPU run. Six each, so a new autotune key stays cheap to compile.
+# The prune hook keeps, per d, those whose fp32 [BLOCK, D] tile fits 64 registers per thread: d = 16
+# tries all six (tiles of 1-16K elements), d = 128 the first three, 64 fp32 values per thread
+# (BLOCK 64 / 4 warps, 128 / 8 warps, 256 / 16 warps). TILES > 1: one program loops over several
+# tiles (the d x d matrix is loaded once per program, not once per tile, and the loop pipelines the
+# loads: at d = 128 the bf16 matrix is 32 KiB, as large as a 128-row tile). The first entry is the
+# interpreter's (and LOWPREC_AUTOTUNE=first's) config.
 RHT_ROWS_CONFIGS = [
-    triton.Config({"BLOCK_R": br}, num_warps=w, num_stages=s)
-    for br in (64, 128, 256, 512, 1024) for w in (4, 8) for s in (2, 3)
+    triton.Config({"BLOCK_R": br, "TILES": t}, num_warps=w, num_stages=s)
+    for br, t, w, s in ((64, 4, 4, 3), (128, 4, 8, 3), (256, 2, 16, 2), (256, 1, 4, 3), (512, 4, 4, 3),
+                        (1024, 1, 8, 2))
 ]
 RHT_COLS_CONFIGS = [
-    triton.Config({"BLOCK_I": bi}, num_warps=w, num_stages=s)
-    for bi in (64, 128, 256, 512) for w in (4, 8) for s in (2, 3)
+    triton.Config({"BLOCK_I": bi, "TILES": t}, num_warps=w, num_stages=s)
+    for bi, t, w, s in ((64, 4, 4, 3), (128, 4, 8, 3), (256, 2, 16, 2), (256, 1, 4, 3), (512, 4, 4, 3),
+                        (512, 1, 8, 2))
 ]
 
 
@@ -261,9 +258,9 @@ def _prune_cols(configs, named_args, **kwargs):
     return _fits(configs, "BLOCK_I", d)
 
 
-_rht_rows = triton.autotune(configs=autotune_configs(RHT_ROWS_CONFIGS), key=["D", "HAS_LO", "IS_FP32", "size_bucket"],
+_rht_rows = triton.autotune(configs=autotune_configs(RHT_ROWS_CONFIGS), key=["D", "IS_FP32", "size_bucket"],
                             prune_configs_by={"early_config_prune": _prune_rows})(_rht_rows_kernel)
-_rht_cols = triton.autotune(configs=autotune_configs(RHT_COLS_CONFIGS), key=["D", "HAS_LO", "IS_FP32", "size_bucket"],
+_rht_cols = triton.autotune(configs=autotune_configs(RHT_COLS_CONFIGS), key=["D", "IS_FP32", "size_bucket"],
                             prune_configs_by={"early_config_prune": _prune_cols})(_rht_cols_kernel)
 
 
@@ -305,17 +302,18 @@ def _rht_launch(x: torch.Tensor, signs: tuple[int, ...], d: int, axis: int, inve
         return y
     xc = x.contiguous()
     inner = math.prod(x.shape[axis + 1:])
-    hi, lo, has_lo = _hi_lo_cached(signs, inverse, x.device, x.dtype)
+    m = _pm1_cached(signs, inverse, x.device, x.dtype)
+    scale = 1.0 / math.sqrt(d)
     is_fp32 = x.dtype == torch.float32
     sb = _size_bucket(x.numel())
     if inner == 1:
         n_rows = x.numel() // d
-        grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_R"]),)  # noqa: E731
-        _rht_rows[grid](xc, y, hi, lo, n_rows, sb, D=d, HAS_LO=has_lo, IS_FP32=is_fp32)
+        grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_R"] * meta["TILES"]),)  # noqa: E731
+        _rht_rows[grid](xc, y, m, scale, n_rows, sb, D=d, IS_FP32=is_fp32)
     else:
         n_blocks = x.numel() // (d * inner)
-        grid = lambda meta: (n_blocks, triton.cdiv(inner, meta["BLOCK_I"]))  # noqa: E731
-        _rht_cols[grid](xc, y, hi, lo, inner, sb, D=d, HAS_LO=has_lo, IS_FP32=is_fp32)
+        grid = lambda meta: (n_blocks, triton.cdiv(inner, meta["BLOCK_I"] * meta["TILES"]))  # noqa: E731
+        _rht_cols[grid](xc, y, m, scale, inner, sb, D=d, IS_FP32=is_fp32)
     return y
 
 

@@ -213,25 +213,30 @@ def _rows_cfg(bm, bn, ws, stages, warps, reg=False):
                           "REG_MATH": reg}, num_warps=warps, num_stages=1)
 
 
-AMAX_COLS_CONFIGS = [_cols_cfg(1, 64, False, 2, 4)] + [
-    _cols_cfg(g, bn, ws, 3, w)
-    for ws in (False, True) for g in (1, 2, 4) for bn in (128, 256) for w in (4, 8)
-] + [_cols_cfg(2, 128, False, 2, 8), _cols_cfg(2, 128, True, 2, 8), _cols_cfg(1, 512, False, 3, 8)] + [
-    _cols_cfg(g, 64, ws, 3, w) for ws in (False, True) for g in (2, 4) for w in (4, 8)  # for d >= 128
-] + [
-    # REG_MATH: the d x d product as fp32 broadcast-multiply + sum instead of tl.dot (d = 16 only, by
-    # the prune hook's register limit): a warp-specialized loop WITHOUT tl.dot, the structure known
-    # to compile on Hopper with triton 3.6.
-    _cols_cfg(g, bn, ws, 3, 8, reg=True) for ws in (True, False) for g in (1, 2, 4) for bn in (32, 64)
+# Six per list (each new autotune key compiles every config that survives the prune). Per d the prune
+# keeps: axis 0, d = 16: all; d = 128: entries 1, 2, 4 (64 / 128 columns); d = 256: entry 1. axis 1,
+# d = 16: all; d = 128: entries 2-6 (BLOCK_N >= d). Every variant ("tma-ws", "tma", "ptr") keeps at least one entry
+# for d = 16 and d = 128. REG_MATH (fp32 register math instead of tl.dot, d = 16 only) is kept in the
+# kernels but not in the lists: it only existed as a fallback for warp specialization with tl.dot,
+# which compiles (axis 0 all configs, H200, triton 3.6).
+AMAX_COLS_CONFIGS = [
+    _cols_cfg(1, 64, False, 2, 8),  # first: the interpreter's config; the only one that fits d = 256
+    _cols_cfg(2, 128, False, 3, 8),
+    _cols_cfg(4, 256, False, 3, 8),
+    _cols_cfg(2, 128, True, 3, 8),
+    _cols_cfg(4, 256, True, 3, 8),
+    _cols_cfg(2, 256, True, 3, 4),
 ]
-AMAX_ROWS_CONFIGS = [_rows_cfg(16, 64, False, 2, 4), _rows_cfg(16, 128, False, 2, 4),
-                     _rows_cfg(16, 256, False, 2, 4)] + [
-    _rows_cfg(bm, bn, ws, 3, w)
-    for ws in (False, True) for bm in (32, 64, 128) for bn in (64, 128, 256) for w in (4, 8)
+AMAX_ROWS_CONFIGS = [
+    _rows_cfg(16, 64, False, 2, 4),  # first: the interpreter's config for d <= 64
+    _rows_cfg(64, 128, False, 3, 4),
+    _rows_cfg(64, 256, False, 3, 8),
     # Measured on an H200 (triton 3.6): warp-specialized row configs with tl.dot and 4 warps abort
-    # in the compiler ("PassManager::run failed"); the 8-warp ones compile.
-    if not (ws and w == 4)
-] + [_rows_cfg(bm, 64, ws, 3, 8, reg=True) for ws in (True, False) for bm in (8, 16)]
+    # in the compiler ("PassManager::run failed"); only 8-warp ones are listed.
+    _rows_cfg(64, 128, True, 3, 8),
+    _rows_cfg(128, 128, True, 3, 8),
+    _rows_cfg(32, 256, True, 3, 8),
+]
 
 
 def _tile_bytes(c, d: int, axis: int) -> int:
@@ -271,7 +276,8 @@ def _prune(axis: int):
 
 def variant_configs(variant: str, axis: int):
     """The config subset a benchmark variant forces: "tma-ws" (warp-specialized, tl.dot), "tma-ws-reg"
-    (warp-specialized, register math instead of tl.dot; d = 16 only), "tma" (not specialized, tl.dot),
+    (warp-specialized, register math instead of tl.dot; d = 16 only; empty while the lists hold no
+    REG_MATH entry), "tma" (not specialized, tl.dot),
     "ptr" (pointer loads, not specialized), "auto" (everything)."""
     configs = AMAX_COLS_CONFIGS if axis == 0 else AMAX_ROWS_CONFIGS
     if variant == "tma-ws":

@@ -90,6 +90,8 @@ CASES = [
     ((8, 9), 0, 4),
     ((1, 256), -1, 256),
     ((4, 2), -1, 2),
+    ((600, 16), -1, 16),     # several programs, each looping over tiles, the last one partly masked
+    ((32, 300), 0, 16),      # the same along the inner (columns) dim
 ]
 
 
@@ -105,6 +107,21 @@ def test_rht_matches_float64(shape, axis, d, dtype, device, gen):
     yi = inverse_rht(x, s, d, axis)
     refi = rht_ref(x, s, d, axis, inverse=True)
     assert rel_rms(yi, refi) <= _bound(refi, dtype, d)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("d, axis", [(128, -1), (128, 0), (32, -1), (8, 0)])
+def test_rht_is_correctly_rounded(d, axis, dtype, device, gen):
+    """bf16/fp16: one dot with the exact +-1 matrix, fp32 accumulation, an fp32 1/sqrt(d) scale and
+    one rounding, so (nearly) every output equals the float64 result rounded once to the dtype
+    (the fp32 errors, ~2^-23 relative, flip a rounding only within ~2^-23 of a tie)."""
+    shape = (2 * d, 40) if axis == 0 else (40, 2 * d)
+    x = torch.randn(shape, generator=gen, device=device).to(dtype)
+    s = random_sign_vector(d, seed=d + 7)
+    for inverse, f in ((False, rht), (True, inverse_rht)):
+        want = rht_ref(x, s, d, axis, inverse=inverse).to(dtype)
+        got = f(x, s, d, axis)
+        assert (got == want).double().mean().item() >= 0.999, (inverse, (got != want).sum().item())
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
@@ -173,5 +190,6 @@ def test_rht_gpu_sizes(d, axis, gen):
     y = rht(x, s, d, axis)
     ref = rht_ref(x, s, d, axis)
     assert rel_rms(y, ref) <= _bound(ref, torch.bfloat16, d)
+    assert (y == ref.to(torch.bfloat16)).double().mean().item() >= 0.999  # one exact dot, one rounding
     yf = rht(x.float(), s, d, axis)
     assert rel_rms(yf, ref) <= _bound(ref, torch.float32, d)
