@@ -53,9 +53,18 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Kernel per (n, dtype) for ``hadamard_transform`` (n = 2^m), from the GPU benchmark
 # (``python -m benchmarks --suite hadamard``, impls butterfly/matmul): a size missing here uses
 # DEFAULT_IMPL. Filled from measurements only, never guesses.
-DISPATCH: dict[tuple[int, torch.dtype], str] = {}
-# The same for the K * 2^m transforms, keyed by (K, n, dtype).
-DISPATCH_K: dict[tuple[int, int, torch.dtype], str] = {}
+# Measured on an H200 (triton 3.6, bf16, inputs >= 256 MiB; benchmarks/NOTES.md): matmul beat the
+# butterfly at n = 256 (82% vs 73% of clone), 512 (74% vs 73%) and 1024 (75% vs 72%); the butterfly
+# won everywhere else. fp16/fp32 were not measured and stay on the default.
+DISPATCH: dict[tuple[int, torch.dtype], str] = {
+    (256, torch.bfloat16): "matmul",
+    (512, torch.bfloat16): "matmul",
+    (1024, torch.bfloat16): "matmul",
+}
+# The same for the K * 2^m transforms, keyed by (K, n, dtype): at 20 * 1024 matmul 20% vs 17%.
+DISPATCH_K: dict[tuple[int, int, torch.dtype], str] = {
+    (20, 20 * 1024, torch.bfloat16): "matmul",
+}
 DEFAULT_IMPL = "butterfly"
 
 # ---------------------------------------------------------------------------------------------

@@ -227,16 +227,19 @@ def _rht_cols_kernel(x_ptr, y_ptr, m_ptr, scale, n_inner, size_bucket,
 # (BLOCK 64 / 4 warps, 128 / 8 warps, 256 / 16 warps). TILES > 1: one program loops over several
 # tiles (the d x d matrix is loaded once per program, not once per tile, and the loop pipelines the
 # loads: at d = 128 the bf16 matrix is 32 KiB, as large as a 128-row tile). The first entry is the
-# interpreter's (and LOWPREC_AUTOTUNE=first's) config.
+# interpreter's (and LOWPREC_AUTOTUNE=first's) config: the smallest in shared memory (one stage, one
+# tile), because it is the only one such runs try; on an H200 the 3-stage 64-row tile overflowed
+# shared memory at d = 256 (bf16 rows) and d = 128 (columns). The full autotuner skips configs that
+# run out of resources. ``tests/hadamard_kernels/test_rht.py`` runs the TILES > 1 loop explicitly.
 RHT_ROWS_CONFIGS = [
     triton.Config({"BLOCK_R": br, "TILES": t}, num_warps=w, num_stages=s)
-    for br, t, w, s in ((64, 4, 4, 3), (128, 4, 8, 3), (256, 2, 16, 2), (256, 1, 4, 3), (512, 4, 4, 3),
-                        (1024, 1, 8, 2))
+    for br, t, w, s in ((64, 1, 4, 1), (64, 4, 4, 3), (128, 4, 8, 3), (256, 2, 16, 2), (256, 1, 4, 3),
+                        (512, 4, 4, 3), (1024, 1, 8, 2))
 ]
 RHT_COLS_CONFIGS = [
     triton.Config({"BLOCK_I": bi, "TILES": t}, num_warps=w, num_stages=s)
-    for bi, t, w, s in ((64, 4, 4, 3), (128, 4, 8, 3), (256, 2, 16, 2), (256, 1, 4, 3), (512, 4, 4, 3),
-                        (512, 1, 8, 2))
+    for bi, t, w, s in ((64, 1, 4, 1), (64, 4, 4, 3), (128, 4, 8, 3), (256, 2, 16, 2), (256, 1, 4, 3),
+                        (512, 4, 4, 3), (512, 1, 8, 2))
 ]
 
 
@@ -297,6 +300,9 @@ def _size_bucket(numel: int) -> int:
 
 def _rht_launch(x: torch.Tensor, signs: tuple[int, ...], d: int, axis: int, inverse: bool) -> torch.Tensor:
     axis = _validate(x, d, axis, "inverse_rht" if inverse else "rht")
+    if x.dtype == torch.float32 and d > 128:
+        raise ValueError(f"rht of float32 input supports hadamard_dimension <= 128, got {d}: the float32 "
+                         f"{d}x{d} matrix does not fit in shared memory (use bf16/fp16 input for d = 256)")
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     if x.numel() == 0:
         return y

@@ -77,10 +77,11 @@ def poison_value(dtype: torch.dtype):
 
 def fill_poison_(t: torch.Tensor) -> torch.Tensor:
     if t.numel():
-        if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-            t.view(torch.uint8).fill_(0x7F)  # NaN in both fp8 formats
-        else:
-            t.fill_(poison_value(t.dtype))
+        with torch.no_grad():  # compilers allocate leaves that require grad with torch.empty too
+            if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+                t.view(torch.uint8).fill_(0x7F)  # NaN in both fp8 formats
+            else:
+                t.fill_(poison_value(t.dtype))
     return t
 
 

@@ -1,6 +1,7 @@
 """The shared kernel helpers: autotune config selection, size buckets, device properties and the
 scoped TMA allocator."""
 
+import os
 import threading
 
 import pytest
@@ -14,9 +15,18 @@ from hadamard_kernels import _triton_utils as tu
 def test_autotune_configs_first_only_under_interpreter():
     configs = [triton.Config({"B": 1}), triton.Config({"B": 2}), triton.Config({"B": 4})]
     got = tu.autotune_configs(configs)
-    assert got == (configs[:1] if tu.is_interpreter() else configs)
+    first_only = tu.is_interpreter() or os.environ.get("LOWPREC_AUTOTUNE") == "first"
+    assert got == (configs[:1] if first_only else configs)
     with pytest.raises(ValueError):
         tu.autotune_configs([])
+
+
+def test_first_only_knob(monkeypatch):
+    configs = [triton.Config({"B": 1}), triton.Config({"B": 2})]
+    monkeypatch.setenv("LOWPREC_AUTOTUNE", "first")
+    assert tu.autotune_configs(configs) == configs[:1]
+    monkeypatch.setenv("LOWPREC_AUTOTUNE", "")
+    assert tu.autotune_configs(configs) == (configs[:1] if tu.is_interpreter() else configs)
 
 
 def test_interpreter_detection(monkeypatch):

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One batched GPU round on the lent machine (which starts bare and has no network):
+#   phase 1: the CUDA test suite (`make test`, xdist) and a compile warm-up of the tour, concurrently
+#            (neither is timed; the warm-up fills Triton's on-disk kernel cache);
+#   phase 2: the timed tour, one suite at a time, each writing benchmarks/results/<TAG>_<suite>.*
+# Logs and results are packed into $OUT/results.tgz after every step, so a timeout loses nothing done.
+# env: TAG (default final), SUITES, TEST_TIMEOUT, WARM_TIMEOUT, LOWPREC_COMMIT (the tree has no .git)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/gpu_out}"
+mkdir -p "$OUT" logs
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+BENCH_PATH=".${PYTHONPATH:+:$PYTHONPATH}"
+TAG="${TAG:-final}"
+SUITES="${SUITES:-attention fp8_quant rht hadamard}"
+pack() { tar czf "$OUT/results.tgz" benchmarks/results logs 2>/dev/null; }
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv > logs/gpu.txt
+
+timeout "${TEST_TIMEOUT:-200}" make test PYTEST_ARGS="-n 12 -q -rA --durations=20 -p no:cacheprovider" \
+  > logs/test.log 2>&1 &
+test_pid=$!
+warm_pids=()
+for s in $SUITES; do
+  PYTHONPATH="$BENCH_PATH" timeout "${WARM_TIMEOUT:-170}" python3 -m benchmarks --suite "$s" --no-write \
+    > "logs/warm_$s.log" 2>&1 &
+  warm_pids+=($!)
+done
+wait "$test_pid"; echo "tests rc=$?" | tee -a logs/summary.txt
+wait "${warm_pids[@]}"
+pack
+
+for s in $SUITES; do
+  case $s in hadamard) t=150 ;; attention) t=120 ;; *) t=75 ;; esac
+  PYTHONPATH="$BENCH_PATH" timeout "$t" python3 -m benchmarks --suite "$s" --tag "${TAG}_$s" \
+    > "logs/bench_$s.log" 2>&1
+  echo "bench $s rc=$?" | tee -a logs/summary.txt
+  pack
+done
