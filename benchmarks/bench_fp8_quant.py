@@ -3,8 +3,10 @@
 Cases (GPU), D=128, bf16, kept few (each new autotune key compiles every config):
 - plain, B=1, H_q=H_kv=32, S in {4096, 16384, 65536} (``--sizes`` overrides S): every kernel design
   (impl ``two-pass``, ``single-read``, and the public default ``auto``);
-- ``auto`` only: rope and hadamard (QKV) at S=16384, rope+hadamard at every S; B=8 S=4096 plain; GQA
-  H_q=32, H_kv=8, S=16384 rope+hadamard.
+- ``auto`` only: rope at S=16384, rope+hadamard at every S; B=8 S=4096 plain; GQA H_q=32, H_kv=8,
+  S=16384 rope+hadamard;
+- hadamard (QKV) and rope+hadamard at S=16384 and 65536: ``auto`` (module default Hadamard, the
+  register butterfly) and ``auto-dot`` (the tensor-core Hadamard x @ H_D in the two-pass kernels).
 bytes = 2 per input element read + 1 per FP8 element written (Q, K and V together). check = fraction
 of payload bytes equal to the reference (``fp8_quant.reference``) on the first ``_CHECK_ROWS`` rows of
 every head (all rows in quick mode) and descales exactly (ok needs equal descales and a rate >= 0.9999:
@@ -24,6 +26,22 @@ import torch
 from benchmarks.harness import Case, Context, rotation_count, Rotating
 
 _CHECK_ROWS = 2048
+
+
+def _quantize(q, k, v, impl, **kw):
+    """quantize_qkv with a bench impl name: ``<impl>-dot`` runs ``<impl>`` with the tensor-core Hadamard
+    (private module switch, restored after the call); other names run the module default."""
+    from fp8_quant import quantize as qmod
+    from fp8_quant import quantize_qkv
+
+    if not impl.endswith("-dot"):
+        return quantize_qkv(q, k, v, _impl=impl, **kw)
+    old = qmod._HADAMARD_IMPL
+    qmod._HADAMARD_IMPL = "dot"
+    try:
+        return quantize_qkv(q, k, v, _impl=impl[:-len("-dot")], **kw)
+    finally:
+        qmod._HADAMARD_IMPL = old
 
 
 def _impls() -> list[str]:
@@ -54,7 +72,7 @@ def _check(q, k, v, kw, impl, full: bool):
     from fp8_quant import reference as R
 
     def run():
-        res = quantize_qkv(q, k, v, _impl=impl, **kw)
+        res = _quantize(q, k, v, impl, **kw)
         rows = q.shape[2] if full else min(_CHECK_ROWS, q.shape[2])
         equal = total = 0
         ok_ds = True
@@ -81,7 +99,7 @@ def _check(q, k, v, kw, impl, full: bool):
             total += got.numel()
         rate = equal / total
         if q.is_cuda:
-            _print_host_time(lambda: quantize_qkv(q, k, v, _impl=impl, **kw), impl, q.shape, k.shape, kw)
+            _print_host_time(lambda: _quantize(q, k, v, impl, **kw), impl, q.shape, k.shape, kw)
         return "bitexact", rate, bool(ok_ds and rate >= 0.9999)
 
     return run
@@ -121,14 +139,17 @@ def cases(ctx: Context) -> Iterable[Case]:
     if ctx.quick:
         sizes = ctx.sizes or [64, 100]
         plan = [((1, 2, 2, s_), v_, impls) for s_ in sizes for v_ in ("plain", "rope+hadamard")]
+        plan += [((1, 2, 2, s_), v_, ["auto-dot"]) for s_ in sizes for v_ in ("hadamard", "rope+hadamard")]
     else:
         sizes = ctx.sizes or [4096, 16384, 65536]
         plan = []
         for s_ in sizes:
             plan.append(((1, 32, 32, s_), "plain", impls))
             if s_ == 16384:
-                plan += [((1, 32, 32, s_), "rope", ["auto"]), ((1, 32, 32, s_), "hadamard", ["auto"])]
-            plan.append(((1, 32, 32, s_), "rope+hadamard", ["auto"]))
+                plan += [((1, 32, 32, s_), "rope", ["auto"])]
+            if s_ in (16384, 65536):
+                plan.append(((1, 32, 32, s_), "hadamard", ["auto", "auto-dot"]))
+            plan.append(((1, 32, 32, s_), "rope+hadamard", ["auto", "auto-dot"] if s_ in (16384, 65536) else ["auto"]))
         if not ctx.sizes:
             plan += [((8, 32, 32, 4096), "plain", ["auto"]), ((1, 32, 8, 16384), "rope+hadamard", ["auto"])]
     peer_note_done = False
@@ -158,14 +179,12 @@ def cases(ctx: Context) -> Iterable[Case]:
             kw = variants[vname]
             for impl in case_impls:
                 def fn(kw=kw, impl=impl, rot=rot):
-                    from fp8_quant import quantize_qkv
-
                     qq, kk, vv = rot.next()
-                    return quantize_qkv(qq, kk, vv, _impl=impl, **kw)
+                    return _quantize(qq, kk, vv, impl, **kw)
 
                 yield Case(suite="fp8_quant", op=f"quantize_qkv/{vname}", impl=impl, shape=shape, dtype="bf16",
                            fn=fn, nbytes=nbytes, check=_check(q, k, v, kw, impl, full), size=s,
-                           baseline=f"fp8_quant/quantize_qkv/plain/{impl}/{shape}/bf16" if vname != "plain" else None,
+                           baseline=f"fp8_quant/quantize_qkv/plain/{impl.removesuffix('-dot')}/{shape}/bf16" if vname != "plain" else None,
                            note="" if full else f"check on the first {_CHECK_ROWS} rows")
         peer = _peer_case(ctx, q, k, v, shape, nbytes, s)
         if peer is not None:

@@ -47,9 +47,20 @@ E4M3_MAX = 448.0
 AMAX_EPS = 1e-12
 _E4M3_MAX_C = tl.constexpr(448.0)
 _AMAX_EPS_C = tl.constexpr(1e-12)
+_HAD_SPLIT3_C = tl.constexpr(True)  # RoPE + dot Hadamard: exact 3-way bf16 split of the fp32 values
 MAX_HADAMARD_DIM = 256
 MAX_HEAD_DIM = 256
 _IMPLS = ("auto", "two-pass", "single-read")
+# Hadamard in the two-pass kernels: "butterfly" (radix-2 in registers) or "dot" (x @ H_D on tensor
+# cores, D >= 16). HAD_QK / HAD_V are 0 (off), 1 (butterfly) or 2 (dot). The single-read kernel
+# always uses the butterfly.
+_HADAMARD_IMPL = "butterfly"
+
+
+def _had_code(had: bool, block_d: int) -> int:
+    if not had:
+        return 0
+    return 2 if _HADAMARD_IMPL == "dot" and block_d >= 16 else 1
 # What "auto" (the public default) runs: set from the GPU benchmark (impls "two-pass" vs "single-read").
 _AUTO_IMPL = "two-pass"
 _LAYOUTS = ("BHSD", "BSHD")
@@ -117,14 +128,41 @@ def _rows_transformed(x_ptr, row_off, pos, rmask, stride_d,
         if HAS_SIGN:
             sgn = tl.load(sign_ptr + cols).to(tl.float32)
             x = x * sgn[None, :]
-        # radix-2 butterfly in registers, half-sizes 1, 2, ..., D/2: (a, b) -> (a + b, a - b)
-        for i in tl.static_range(LOG2_D):  # x.shape[0]: the row count, unchanged by every stage
-            x = tl.reshape(x, [x.shape[0], BLOCK_D // (2 * (1 << i)), 2, (1 << i)])
-            x = tl.permute(x, [0, 1, 3, 2])
-            a, b = tl.split(x)
-            x = tl.join(a + b, a - b)
-            x = tl.permute(x, [0, 1, 3, 2])
-            x = tl.reshape(x, [x.shape[0], BLOCK_D])
+        if HAD == 2:
+            # tensor cores: x @ H_D with H[i, j] = (-1)^popcount(i & j) (Sylvester order), exact +-1 in
+            # 16-bit. bf16/fp16 input without RoPE is exact in its own dtype: one dot, exact products,
+            # fp32 accumulation. Otherwise x (fp32) = hi + mid + lo, all bf16 (exact: 3 x 8 mantissa bits),
+            # three dots (two when _HAD_SPLIT3_C is False: ~2^-16 relative, can move an amax and a descale).
+            hv = cols[:, None] & cols[None, :]
+            hv = hv ^ (hv >> 4)
+            hv = hv ^ (hv >> 2)
+            hv = hv ^ (hv >> 1)
+            hpos = (hv & 1) == 0
+            if (not ROPE) and (x_ptr.dtype.element_ty == tl.float16):
+                hm = tl.where(hpos, 1.0, -1.0).to(tl.float16)
+                x = tl.dot(x.to(tl.float16), hm, out_dtype=tl.float32)
+            elif (not ROPE) and (x_ptr.dtype.element_ty == tl.bfloat16):
+                hm = tl.where(hpos, 1.0, -1.0).to(tl.bfloat16)
+                x = tl.dot(x.to(tl.bfloat16), hm, out_dtype=tl.float32)
+            else:
+                hm = tl.where(hpos, 1.0, -1.0).to(tl.bfloat16)
+                hi = x.to(tl.bfloat16)
+                r = x - hi.to(tl.float32)
+                mid = r.to(tl.bfloat16)
+                lo = (r - mid.to(tl.float32)).to(tl.bfloat16)
+                x = tl.dot(hi, hm, out_dtype=tl.float32)
+                x = tl.dot(mid, hm, acc=x, out_dtype=tl.float32)
+                if _HAD_SPLIT3_C:
+                    x = tl.dot(lo, hm, acc=x, out_dtype=tl.float32)
+        else:
+            # radix-2 butterfly in registers, half-sizes 1, 2, ..., D/2: (a, b) -> (a + b, a - b)
+            for i in tl.static_range(LOG2_D):  # x.shape[0]: the row count, unchanged by every stage
+                x = tl.reshape(x, [x.shape[0], BLOCK_D // (2 * (1 << i)), 2, (1 << i)])
+                x = tl.permute(x, [0, 1, 3, 2])
+                a, b = tl.split(x)
+                x = tl.join(a + b, a - b)
+                x = tl.permute(x, [0, 1, 3, 2])
+                x = tl.reshape(x, [x.shape[0], BLOCK_D])
         x = x * INV_SQRT_D
     return x, mask
 
@@ -389,7 +427,9 @@ def _qkv_single_read_kernel(
 _SINGLE_READ_MAX_ELEMS = 256 * 128
 # Programs per SM in the persistent grid. The launch is cooperative, so if the compiled kernel cannot
 # keep this many programs per SM resident the launch fails with a CUDA error instead of deadlocking.
-_SINGLE_READ_OCCUPANCY = 2
+# Measured on an H200: with 2 per SM the launch failed ("too many blocks in cooperative launch") for
+# D = 128 slices of 256 rows; one per SM always fits when the kernel fits on an SM at all.
+_SINGLE_READ_OCCUPANCY = 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -538,7 +578,8 @@ def _launch(tensors, group: int, layout: str, cos, sin, rope_interleaved: bool, 
     block_d = next_power_of_2(d)
     consts = dict(
         HEAD_DIM=d, BLOCK_D=block_d, CHUNK_S=chunk, ROPE=rope, INTERLEAVED=bool(rope_interleaved),
-        COMPACT_CS=compact, HAD_QK=bool(had_qk), HAD_V=bool(had_v), HAS_SIGN=sign is not None,
+        COMPACT_CS=compact, HAD_QK=_had_code(had_qk, block_d), HAD_V=_had_code(had_v, block_d),
+        HAS_SIGN=sign is not None,
         LOG2_D=int(math.log2(block_d)), INV_SQRT_D=_inv_sqrt(d),
     )
     cos_arg = cos if rope else q

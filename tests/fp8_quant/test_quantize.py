@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from fp8_quant import HadamardMode, QuantizedQKV, dequantize_per_head, quantize_per_head, quantize_qkv
+from fp8_quant import quantize as Q
 from fp8_quant import reference as R
 
 ON_GPU = torch.cuda.is_available()
@@ -168,6 +169,23 @@ def test_quantize_qkv_matches_reference(case, gen, device):
     _run_case(case, gen, device)
 
 
+# Hadamard cases whose rotated rows carry no RoPE: there the dot path is exact products of 16-bit inputs
+# with +-1. (RoPE rows are fp32, split into three bf16 dots; the interpreter's fp32 matmul accumulates
+# in another order than the fp64 reference rounds, so those are checked by the GPU test only.)
+DOT_CPU_CASES = [c for c in CPU_CASES if c[9] == "v_only"] + [
+    (1, 2, 1, 37, 50, 128, "BSHD", None, False, "qkv", True),
+    (1, 4, 2, 40, 21, 64, "BHSD", None, False, "qkv", False),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", DOT_CPU_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_quantize_qkv_hadamard_dot_matches_reference(case, dtype, gen, device, monkeypatch):
+    # the tensor-core Hadamard (x @ H_D) in the two-pass kernels, same exactness check as the butterfly
+    monkeypatch.setattr(Q, "_HADAMARD_IMPL", "dot")
+    _run_case(case, gen, device, dtype, impl="two-pass")
+
+
 @pytest.mark.parametrize("case", [CPU_CASES[1], CPU_CASES[5], CPU_CASES[6]], ids=lambda c: "-".join(map(str, c)))
 def test_single_read_matches_reference(case, gen, device):
     # Under the interpreter the single-read design runs one persistent program (programs run one after
@@ -179,8 +197,11 @@ def test_single_read_matches_reference(case, gen, device):
 @pytest.mark.cuda
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "-".join(map(str, c)))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("impl", ["two-pass", "single-read"])
-def test_quantize_qkv_matches_reference_gpu(case, dtype, impl, gen, device):
+@pytest.mark.parametrize("impl", ["two-pass", "single-read", "two-pass-dot"])
+def test_quantize_qkv_matches_reference_gpu(case, dtype, impl, gen, device, monkeypatch):
+    if impl == "two-pass-dot":
+        monkeypatch.setattr(Q, "_HADAMARD_IMPL", "dot")
+        impl = "two-pass"
     _run_case(case, gen, device, dtype, impl)
 
 
