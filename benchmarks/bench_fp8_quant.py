@@ -2,11 +2,12 @@
 
 Cases (GPU), D=128, bf16, kept few (each new autotune key compiles every config):
 - plain, B=1, H_q=H_kv=32, S in {4096, 16384, 65536} (``--sizes`` overrides S): every kernel design
-  (impl ``two-pass``, ``single-read``, and the public default ``auto``);
+  (impl ``two-pass``, ``persistent``, ``single-read``, and the public default ``auto``);
+- ``auto-graph`` (GPU): each ``auto`` call replayed from a CUDA graph, i.e. the kernels alone; where it
+  is much faster than ``auto``, the eager call is bound by the host's launch cost;
 - ``auto`` only: rope at S=16384, rope+hadamard at every S; B=8 S=4096 plain; GQA H_q=32, H_kv=8,
   S=16384 rope+hadamard;
-- hadamard (QKV) and rope+hadamard at S=16384 and 65536: ``auto`` (module default Hadamard, the
-  register butterfly) and ``auto-dot`` (the tensor-core Hadamard x @ H_D in the two-pass kernels).
+- hadamard (QKV) at S=16384 and 65536 (``auto``).
 bytes = 2 per input element read + 1 per FP8 element written (Q, K and V together). check = fraction
 of payload bytes equal to the reference (``fp8_quant.reference``) on the first ``_CHECK_ROWS`` rows of
 every head (all rows in quick mode) and descales exactly (ok needs equal descales and a rate >= 0.9999:
@@ -29,25 +30,33 @@ _CHECK_ROWS = 2048
 
 
 def _quantize(q, k, v, impl, **kw):
-    """quantize_qkv with a bench impl name: ``<impl>-dot`` runs ``<impl>`` with the tensor-core Hadamard
-    (private module switch, restored after the call); other names run the module default."""
-    from fp8_quant import quantize as qmod
     from fp8_quant import quantize_qkv
 
-    if not impl.endswith("-dot"):
-        return quantize_qkv(q, k, v, _impl=impl, **kw)
-    old = qmod._HADAMARD_IMPL
-    qmod._HADAMARD_IMPL = "dot"
-    try:
-        return quantize_qkv(q, k, v, _impl=impl[:-len("-dot")], **kw)
-    finally:
-        qmod._HADAMARD_IMPL = old
+    return quantize_qkv(q, k, v, _impl=impl, **kw)
+
+
+class _GraphReplay:
+    """``fn()`` captured once in a CUDA graph (lazily, after a warm-up call that compiles and tunes);
+    each call replays it."""
+
+    def __init__(self, fn):
+        self.fn, self.graph, self.out = fn, None, None
+
+    def __call__(self):
+        if self.graph is None:
+            self.fn()
+            torch.cuda.synchronize()
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = self.fn()
+        self.graph.replay()
+        return self.out
 
 
 def _impls() -> list[str]:
     from fp8_quant import quantize as qmod
 
-    return [i for i in ("two-pass", "single-read", "auto") if i in qmod._IMPLS]
+    return [i for i in ("two-pass", "persistent", "single-read", "auto") if i in qmod._IMPLS]
 
 
 def _inputs(b, hq, hkv, s, d, device, gen):
@@ -139,7 +148,7 @@ def cases(ctx: Context) -> Iterable[Case]:
     if ctx.quick:
         sizes = ctx.sizes or [64, 100]
         plan = [((1, 2, 2, s_), v_, impls) for s_ in sizes for v_ in ("plain", "rope+hadamard")]
-        plan += [((1, 2, 2, s_), v_, ["auto-dot"]) for s_ in sizes for v_ in ("hadamard", "rope+hadamard")]
+        plan += [((1, 2, 2, s_), "hadamard", ["auto"]) for s_ in sizes]
     else:
         sizes = ctx.sizes or [4096, 16384, 65536]
         plan = []
@@ -148,8 +157,8 @@ def cases(ctx: Context) -> Iterable[Case]:
             if s_ == 16384:
                 plan += [((1, 32, 32, s_), "rope", ["auto"])]
             if s_ in (16384, 65536):
-                plan.append(((1, 32, 32, s_), "hadamard", ["auto", "auto-dot"]))
-            plan.append(((1, 32, 32, s_), "rope+hadamard", ["auto", "auto-dot"] if s_ in (16384, 65536) else ["auto"]))
+                plan.append(((1, 32, 32, s_), "hadamard", ["auto"]))
+            plan.append(((1, 32, 32, s_), "rope+hadamard", ["auto"]))
         if not ctx.sizes:
             plan += [((8, 32, 32, 4096), "plain", ["auto"]), ((1, 32, 8, 16384), "rope+hadamard", ["auto"])]
     peer_note_done = False
@@ -184,8 +193,16 @@ def cases(ctx: Context) -> Iterable[Case]:
 
                 yield Case(suite="fp8_quant", op=f"quantize_qkv/{vname}", impl=impl, shape=shape, dtype="bf16",
                            fn=fn, nbytes=nbytes, check=_check(q, k, v, kw, impl, full), size=s,
-                           baseline=f"fp8_quant/quantize_qkv/plain/{impl.removesuffix('-dot')}/{shape}/bf16" if vname != "plain" else None,
+                           baseline=f"fp8_quant/quantize_qkv/plain/{impl}/{shape}/bf16" if vname != "plain" else None,
                            note="" if full else f"check on the first {_CHECK_ROWS} rows")
+                if impl == "auto" and ctx.on_gpu:
+                    # the same call replayed from a CUDA graph: the kernels without the host's launch cost
+                    yield Case(suite="fp8_quant", op=f"quantize_qkv/{vname}", impl="auto-graph", shape=shape,
+                               dtype="bf16", fn=_GraphReplay(lambda kw=kw, q=q, k=k, v=v: _quantize(q, k, v, "auto", **kw)),
+                               nbytes=nbytes, size=s,
+                               baseline=(f"fp8_quant/quantize_qkv/plain/auto-graph/{shape}/bf16"
+                                         if vname != "plain" else None),
+                               note="CUDA graph replay of the auto row's call (kernel time, no host launch cost)")
         peer = _peer_case(ctx, q, k, v, shape, nbytes, s)
         if peer is not None:
             yield peer
