@@ -24,7 +24,7 @@ from typing import Iterable
 
 import torch
 
-from benchmarks.harness import Case, Context, rotation_count, Rotating
+from benchmarks.harness import Case, Context, GraphReplay, rotation_count, Rotating
 
 _CHECK_ROWS = 2048
 
@@ -33,24 +33,6 @@ def _quantize(q, k, v, impl, **kw):
     from fp8_quant import quantize_qkv
 
     return quantize_qkv(q, k, v, _impl=impl, **kw)
-
-
-class _GraphReplay:
-    """``fn()`` captured once in a CUDA graph (lazily, after a warm-up call that compiles and tunes);
-    each call replays it."""
-
-    def __init__(self, fn):
-        self.fn, self.graph, self.out = fn, None, None
-
-    def __call__(self):
-        if self.graph is None:
-            self.fn()
-            torch.cuda.synchronize()
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.out = self.fn()
-        self.graph.replay()
-        return self.out
 
 
 def _single_read_refuses(b, hq, hkv, s, d, device) -> bool:
@@ -208,7 +190,7 @@ def cases(ctx: Context) -> Iterable[Case]:
                 if impl == "auto" and ctx.on_gpu:
                     # the same call replayed from a CUDA graph: the kernels without the host's launch cost
                     yield Case(suite="fp8_quant", op=f"quantize_qkv/{vname}", impl="auto-graph", shape=shape,
-                               dtype="bf16", fn=_GraphReplay(lambda kw=kw, q=q, k=k, v=v: _quantize(q, k, v, "auto", **kw)),
+                               dtype="bf16", fn=GraphReplay(lambda kw=kw, q=q, k=k, v=v: _quantize(q, k, v, "auto", **kw)),
                                nbytes=nbytes, size=s,
                                baseline=(f"fp8_quant/quantize_qkv/plain/auto-graph/{shape}/bf16"
                                          if vname != "plain" else None),

@@ -139,24 +139,6 @@ def _size_cases(ctx: Context, k: int, p: int, rows: Optional[int] = None) -> Ite
                    size=n, note=note)
 
 
-class _GraphReplay:
-    """``fn(x)`` captured once in a CUDA graph (lazily: cases are listed before any runs); each call
-    replays it and returns the graph's static output."""
-
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor):
-        self.fn, self.x, self.graph, self.out = fn, x, None, None
-
-    def __call__(self) -> torch.Tensor:
-        if self.graph is None:
-            self.fn(self.x)  # compile + autotune outside the capture
-            torch.cuda.synchronize()
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.out = self.fn(self.x)
-        self.graph.replay()
-        return self.out
-
-
 def _latency_cases(ctx: Context) -> Iterable[Case]:
     n = 4096
     for rows in (1, 16, 128):
@@ -175,7 +157,7 @@ def _latency_cases(ctx: Context) -> Iterable[Case]:
              f"kernel {impl_name} launched without custom-op dispatch; rotating {count} input sets"),
         ]
         if ctx.on_gpu:
-            replay = _GraphReplay(H.hadamard_transform, first)
+            replay = harness.GraphReplay(lambda first=first: H.hadamard_transform(first))
             variants.append(("graph", lambda t, replay=replay: replay(), replay,
                              "CUDA graph replay, one static input"))
         for impl, f, timed, note in variants:

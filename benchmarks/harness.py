@@ -91,6 +91,25 @@ def bench_ms(fn: Callable[[], Any], device: str, *, warmup_ms: float = 25, rep_m
     return statistics.median(times)
 
 
+class GraphReplay:
+    """``fn()`` captured once in a CUDA graph (lazily, since cases are listed before any runs, after
+    one warm-up call that compiles and autotunes outside the capture); each call replays it and
+    returns the graph's static output: the kernels' time without the host's launch cost."""
+
+    def __init__(self, fn: Callable[[], Any]):
+        self.fn, self.graph, self.out = fn, None, None
+
+    def __call__(self) -> Any:
+        if self.graph is None:
+            self.fn()
+            torch.cuda.synchronize()
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = self.fn()
+        self.graph.replay()
+        return self.out
+
+
 class Rotating:
     """Cycles through several input sets so repeated calls do not hit L2 (use for small inputs).
 

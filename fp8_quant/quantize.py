@@ -247,6 +247,84 @@ def _prune(configs, named_args, **kwargs):
 _KEY = ["HEAD_DIM", "CHUNK_S", "ROPE", "INTERLEAVED", "COMPACT_CS", "HAD_QK", "HAD_V", "HAS_SIGN"]
 
 
+@triton.jit
+def _spin_until(cnt_ptr, target):
+    # wait until the arrival counter reaches target (acquire: the arrivals' writes are visible after)
+    seen = tl.atomic_add(cnt_ptr, 0, sem="acquire")
+    while seen < target:
+        seen = tl.atomic_add(cnt_ptr, 0, sem="acquire")
+
+
+@triton.jit
+def _item_amax(item, q_ptr, sqb, sqh, sqs, sqd, k_ptr, skb, skh, sks, skd, v_ptr, svb, svh, svs, svd,
+               H_Q, H_KV, S_Q, S_KV, NC_Q, NC_KV, N_Q_PROGS, N_K_PROGS, GROUP,
+               amax_q_ptr, amax_k_ptr, amax_v_ptr, cnt_q_ptr, cnt_k_ptr, cnt_v_ptr,
+               cos_ptr, sin_ptr, stride_cs, stride_cd, sign_ptr,
+               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, CHUNK_S: tl.constexpr,
+               ROPE: tl.constexpr, INTERLEAVED: tl.constexpr, COMPACT_CS: tl.constexpr,
+               HAD_QK: tl.constexpr, HAD_V: tl.constexpr, HAS_SIGN: tl.constexpr, LOG2_D: tl.constexpr,
+               INV_SQRT_D: tl.constexpr, SYNC: tl.constexpr):
+    # Work item -> (tensor, batch, head, S-chunk): items 0 .. N_Q_PROGS are Q's, then K's, then V's.
+    # Folds the chunk amax into its (batch, KV group) slot; SYNC: then arrives on the group's counter.
+    if item < N_Q_PROGS:
+        _chunk_amax(q_ptr, sqb, sqh, sqs, sqd, H_Q, S_Q, NC_Q, item, amax_q_ptr, GROUP, cos_ptr, sin_ptr,
+                    stride_cs, stride_cd, sign_ptr, HEAD_DIM, BLOCK_D, BLOCK_S, CHUNK_S, ROPE, INTERLEAVED,
+                    COMPACT_CS, HAD_QK, HAS_SIGN, LOG2_D, INV_SQRT_D)
+        if SYNC:
+            tl.atomic_add(cnt_q_ptr + (item // NC_Q) // GROUP, 1, sem="release")
+    elif item < N_Q_PROGS + N_K_PROGS:
+        local = item - N_Q_PROGS
+        _chunk_amax(k_ptr, skb, skh, sks, skd, H_KV, S_KV, NC_KV, local, amax_k_ptr, 1, cos_ptr,
+                    sin_ptr, stride_cs, stride_cd, sign_ptr, HEAD_DIM, BLOCK_D, BLOCK_S, CHUNK_S, ROPE,
+                    INTERLEAVED, COMPACT_CS, HAD_QK, HAS_SIGN, LOG2_D, INV_SQRT_D)
+        if SYNC:
+            tl.atomic_add(cnt_k_ptr + local // NC_KV, 1, sem="release")
+    else:
+        local = item - N_Q_PROGS - N_K_PROGS
+        _chunk_amax(v_ptr, svb, svh, svs, svd, H_KV, S_KV, NC_KV, local, amax_v_ptr, 1,
+                    cos_ptr, sin_ptr, stride_cs, stride_cd, sign_ptr, HEAD_DIM, BLOCK_D, BLOCK_S, CHUNK_S,
+                    False, INTERLEAVED, COMPACT_CS, HAD_V, HAS_SIGN, LOG2_D, INV_SQRT_D)
+        if SYNC:
+            tl.atomic_add(cnt_v_ptr + local // NC_KV, 1, sem="release")
+
+
+@triton.jit
+def _item_quant(item, q_ptr, sqb, sqh, sqs, sqd, k_ptr, skb, skh, sks, skd, v_ptr, svb, svh, svs, svd,
+                yq_ptr, yqb, yqh, yqs, yk_ptr, ykb, ykh, yks, yv_ptr, yvb, yvh, yvs,
+                H_Q, H_KV, S_Q, S_KV, NC_Q, NC_KV, N_Q_PROGS, N_K_PROGS, GROUP,
+                amax_q_ptr, amax_k_ptr, amax_v_ptr, cnt_q_ptr, cnt_k_ptr, cnt_v_ptr, dq_ptr, dk_ptr, dv_ptr,
+                cos_ptr, sin_ptr, stride_cs, stride_cd, sign_ptr,
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, CHUNK_S: tl.constexpr,
+                ROPE: tl.constexpr, INTERLEAVED: tl.constexpr, COMPACT_CS: tl.constexpr,
+                HAD_QK: tl.constexpr, HAD_V: tl.constexpr, HAS_SIGN: tl.constexpr, LOG2_D: tl.constexpr,
+                INV_SQRT_D: tl.constexpr, SYNC: tl.constexpr):
+    # Same item mapping as _item_amax: quantize the item with its group's amax; SYNC: first wait until
+    # every item of the group has arrived, and read the amax through L2.
+    if item < N_Q_PROGS:
+        if SYNC:
+            _spin_until(cnt_q_ptr + (item // NC_Q) // GROUP, GROUP * NC_Q)
+        _chunk_quant(q_ptr, sqb, sqh, sqs, sqd, yq_ptr, yqb, yqh, yqs, H_Q, S_Q, NC_Q, item, amax_q_ptr,
+                     GROUP, dq_ptr, cos_ptr, sin_ptr, stride_cs, stride_cd, sign_ptr, HEAD_DIM, BLOCK_D,
+                     BLOCK_S, CHUNK_S, ROPE, INTERLEAVED, COMPACT_CS, HAD_QK, HAS_SIGN, LOG2_D,
+                     INV_SQRT_D, SYNC)
+    elif item < N_Q_PROGS + N_K_PROGS:
+        local = item - N_Q_PROGS
+        if SYNC:
+            _spin_until(cnt_k_ptr + local // NC_KV, NC_KV)
+        _chunk_quant(k_ptr, skb, skh, sks, skd, yk_ptr, ykb, ykh, yks, H_KV, S_KV, NC_KV, local,
+                     amax_k_ptr, 1, dk_ptr, cos_ptr, sin_ptr, stride_cs, stride_cd, sign_ptr, HEAD_DIM,
+                     BLOCK_D, BLOCK_S, CHUNK_S, ROPE, INTERLEAVED, COMPACT_CS, HAD_QK, HAS_SIGN, LOG2_D,
+                     INV_SQRT_D, SYNC)
+    else:
+        local = item - N_Q_PROGS - N_K_PROGS
+        if SYNC:
+            _spin_until(cnt_v_ptr + local // NC_KV, NC_KV)
+        _chunk_quant(v_ptr, svb, svh, svs, svd, yv_ptr, yvb, yvh, yvs, H_KV, S_KV, NC_KV, local,
+                     amax_v_ptr, 1, dv_ptr, cos_ptr, sin_ptr, stride_cs, stride_cd, sign_ptr, HEAD_DIM,
+                     BLOCK_D, BLOCK_S, CHUNK_S, False, INTERLEAVED, COMPACT_CS, HAD_V, HAS_SIGN, LOG2_D,
+                     INV_SQRT_D, SYNC)
+
+
 @triton.autotune(configs=_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _qkv_amax_kernel(
@@ -262,19 +340,11 @@ def _qkv_amax_kernel(
     # Phase 1. Grid: N_Q_PROGS (= B*H_Q*NC_Q) + N_K_PROGS + N_V_PROGS programs; program -> (tensor,
     # batch, head, S-chunk of CHUNK_S rows); atomically maxes the chunk's amax of the transformed values
     # into its (batch, KV group) slot. Max is idempotent, so autotuning's repeated runs need no reset.
-    pid = tl.program_id(0)
-    if pid < N_Q_PROGS:
-        _chunk_amax(q_ptr, sqb, sqh, sqs, sqd, H_Q, S_Q, NC_Q, pid, amax_q_ptr, GROUP, cos_ptr, sin_ptr,
-                    stride_cs, stride_cd, sign_ptr, HEAD_DIM, BLOCK_D, BLOCK_S, CHUNK_S, ROPE, INTERLEAVED,
-                    COMPACT_CS, HAD_QK, HAS_SIGN, LOG2_D, INV_SQRT_D)
-    elif pid < N_Q_PROGS + N_K_PROGS:
-        _chunk_amax(k_ptr, skb, skh, sks, skd, H_KV, S_KV, NC_KV, pid - N_Q_PROGS, amax_k_ptr, 1, cos_ptr,
-                    sin_ptr, stride_cs, stride_cd, sign_ptr, HEAD_DIM, BLOCK_D, BLOCK_S, CHUNK_S, ROPE,
-                    INTERLEAVED, COMPACT_CS, HAD_QK, HAS_SIGN, LOG2_D, INV_SQRT_D)
-    else:
-        _chunk_amax(v_ptr, svb, svh, svs, svd, H_KV, S_KV, NC_KV, pid - N_Q_PROGS - N_K_PROGS, amax_v_ptr, 1,
-                    cos_ptr, sin_ptr, stride_cs, stride_cd, sign_ptr, HEAD_DIM, BLOCK_D, BLOCK_S, CHUNK_S,
-                    False, INTERLEAVED, COMPACT_CS, HAD_V, HAS_SIGN, LOG2_D, INV_SQRT_D)
+    _item_amax(tl.program_id(0), q_ptr, sqb, sqh, sqs, sqd, k_ptr, skb, skh, sks, skd, v_ptr, svb, svh, svs,
+               svd, H_Q, H_KV, S_Q, S_KV, NC_Q, NC_KV, N_Q_PROGS, N_K_PROGS, GROUP, amax_q_ptr, amax_k_ptr,
+               amax_v_ptr, amax_q_ptr, amax_k_ptr, amax_v_ptr, cos_ptr, sin_ptr, stride_cs, stride_cd,
+               sign_ptr, HEAD_DIM, BLOCK_D, BLOCK_S, CHUNK_S, ROPE, INTERLEAVED, COMPACT_CS, HAD_QK, HAD_V,
+               HAS_SIGN, LOG2_D, INV_SQRT_D, False)
 
 
 @triton.autotune(configs=_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune})
@@ -292,22 +362,12 @@ def _qkv_quant_kernel(
 ):
     # Phase 2. Same grid as phase 1; program -> (tensor, batch, head, S-chunk): group amax from phase 1,
     # then recompute RoPE/Hadamard from the input and write e4m3 (output last dim contiguous).
-    pid = tl.program_id(0)
-    if pid < N_Q_PROGS:
-        _chunk_quant(q_ptr, sqb, sqh, sqs, sqd, yq_ptr, yqb, yqh, yqs, H_Q, S_Q, NC_Q, pid, amax_q_ptr,
-                     GROUP, dq_ptr, cos_ptr, sin_ptr, stride_cs, stride_cd, sign_ptr, HEAD_DIM, BLOCK_D,
-                     BLOCK_S, CHUNK_S, ROPE, INTERLEAVED, COMPACT_CS, HAD_QK, HAS_SIGN, LOG2_D,
-                     INV_SQRT_D)
-    elif pid < N_Q_PROGS + N_K_PROGS:
-        _chunk_quant(k_ptr, skb, skh, sks, skd, yk_ptr, ykb, ykh, yks, H_KV, S_KV, NC_KV, pid - N_Q_PROGS,
-                     amax_k_ptr, 1, dk_ptr, cos_ptr, sin_ptr, stride_cs, stride_cd, sign_ptr, HEAD_DIM,
-                     BLOCK_D, BLOCK_S, CHUNK_S, ROPE, INTERLEAVED, COMPACT_CS, HAD_QK, HAS_SIGN, LOG2_D,
-                     INV_SQRT_D)
-    else:
-        _chunk_quant(v_ptr, svb, svh, svs, svd, yv_ptr, yvb, yvh, yvs, H_KV, S_KV, NC_KV,
-                     pid - N_Q_PROGS - N_K_PROGS, amax_v_ptr, 1, dv_ptr, cos_ptr, sin_ptr, stride_cs,
-                     stride_cd, sign_ptr, HEAD_DIM, BLOCK_D, BLOCK_S, CHUNK_S, False, INTERLEAVED,
-                     COMPACT_CS, HAD_V, HAS_SIGN, LOG2_D, INV_SQRT_D)
+    _item_quant(tl.program_id(0), q_ptr, sqb, sqh, sqs, sqd, k_ptr, skb, skh, sks, skd, v_ptr, svb, svh, svs,
+                svd, yq_ptr, yqb, yqh, yqs, yk_ptr, ykb, ykh, yks, yv_ptr, yvb, yvh, yvs, H_Q, H_KV, S_Q,
+                S_KV, NC_Q, NC_KV, N_Q_PROGS, N_K_PROGS, GROUP, amax_q_ptr, amax_k_ptr, amax_v_ptr,
+                amax_q_ptr, amax_k_ptr, amax_v_ptr, dq_ptr, dk_ptr, dv_ptr, cos_ptr, sin_ptr, stride_cs,
+                stride_cd, sign_ptr, HEAD_DIM, BLOCK_D, BLOCK_S, CHUNK_S, ROPE, INTERLEAVED, COMPACT_CS,
+                HAD_QK, HAD_V, HAS_SIGN, LOG2_D, INV_SQRT_D, False)
 
 
 def _prune_persistent(configs, named_args, **kwargs):
@@ -321,14 +381,6 @@ def _prune_persistent(configs, named_args, **kwargs):
 
 
 # --- persistent two-phase design (second read from L2) ------------------------------------------
-
-@triton.jit
-def _spin_until(cnt_ptr, target):
-    # wait until the arrival counter reaches target (acquire: the arrivals' writes are visible after)
-    seen = tl.atomic_add(cnt_ptr, 0, sem="acquire")
-    while seen < target:
-        seen = tl.atomic_add(cnt_ptr, 0, sem="acquire")
-
 
 @triton.autotune(configs=autotune_configs([
     triton.Config({"BLOCK_S": bs, "OCC": occ}, num_warps=w, num_stages=2)
@@ -371,45 +423,19 @@ def _qkv_persistent_kernel(
     while it < n_rounds + lookahead:  # a while loop: the interpreter cannot range() over a runtime bound
         a = it * NP + pid
         if (it < n_rounds) & (a < N_ITEMS):
-            if a < N_Q_PROGS:
-                _chunk_amax(q_ptr, sqb, sqh, sqs, sqd, H_Q, S_Q, NC_Q, a, amax_q, GROUP, cos_ptr, sin_ptr,
-                            stride_cs, stride_cd, sign_ptr, HEAD_DIM, BLOCK_D, BLOCK_S, CHUNK_S, ROPE,
-                            INTERLEAVED, COMPACT_CS, HAD_QK, HAS_SIGN, LOG2_D, INV_SQRT_D)
-                tl.atomic_add(cnt_q + (a // NC_Q) // GROUP, 1, sem="release")
-            elif a < N_Q_PROGS + N_K_PROGS:
-                la = a - N_Q_PROGS
-                _chunk_amax(k_ptr, skb, skh, sks, skd, H_KV, S_KV, NC_KV, la, amax_k, 1, cos_ptr, sin_ptr,
-                            stride_cs, stride_cd, sign_ptr, HEAD_DIM, BLOCK_D, BLOCK_S, CHUNK_S, ROPE,
-                            INTERLEAVED, COMPACT_CS, HAD_QK, HAS_SIGN, LOG2_D, INV_SQRT_D)
-                tl.atomic_add(cnt_k + la // NC_KV, 1, sem="release")
-            else:
-                la = a - N_Q_PROGS - N_K_PROGS
-                _chunk_amax(v_ptr, svb, svh, svs, svd, H_KV, S_KV, NC_KV, la, amax_v, 1, cos_ptr, sin_ptr,
-                            stride_cs, stride_cd, sign_ptr, HEAD_DIM, BLOCK_D, BLOCK_S, CHUNK_S, False,
-                            INTERLEAVED, COMPACT_CS, HAD_V, HAS_SIGN, LOG2_D, INV_SQRT_D)
-                tl.atomic_add(cnt_v + la // NC_KV, 1, sem="release")
+            _item_amax(a, q_ptr, sqb, sqh, sqs, sqd, k_ptr, skb, skh, sks, skd, v_ptr, svb, svh, svs, svd,
+                       H_Q, H_KV, S_Q, S_KV, NC_Q, NC_KV, N_Q_PROGS, N_K_PROGS, GROUP, amax_q, amax_k, amax_v,
+                       cnt_q, cnt_k, cnt_v, cos_ptr, sin_ptr, stride_cs, stride_cd, sign_ptr, HEAD_DIM, BLOCK_D,
+                       BLOCK_S, CHUNK_S, ROPE, INTERLEAVED, COMPACT_CS, HAD_QK, HAD_V, HAS_SIGN, LOG2_D,
+                       INV_SQRT_D, True)
         u = (it - lookahead) * NP + pid
         if (it >= lookahead) & (u < N_ITEMS):
-            if u < N_Q_PROGS:
-                _spin_until(cnt_q + (u // NC_Q) // GROUP, GROUP * NC_Q)
-                _chunk_quant(q_ptr, sqb, sqh, sqs, sqd, yq_ptr, yqb, yqh, yqs, H_Q, S_Q, NC_Q, u, amax_q,
-                             GROUP, dq_ptr, cos_ptr, sin_ptr, stride_cs, stride_cd, sign_ptr, HEAD_DIM,
-                             BLOCK_D, BLOCK_S, CHUNK_S, ROPE, INTERLEAVED, COMPACT_CS, HAD_QK, HAS_SIGN,
-                             LOG2_D, INV_SQRT_D, True)
-            elif u < N_Q_PROGS + N_K_PROGS:
-                lu = u - N_Q_PROGS
-                _spin_until(cnt_k + lu // NC_KV, NC_KV)
-                _chunk_quant(k_ptr, skb, skh, sks, skd, yk_ptr, ykb, ykh, yks, H_KV, S_KV, NC_KV, lu, amax_k,
-                             1, dk_ptr, cos_ptr, sin_ptr, stride_cs, stride_cd, sign_ptr, HEAD_DIM, BLOCK_D,
-                             BLOCK_S, CHUNK_S, ROPE, INTERLEAVED, COMPACT_CS, HAD_QK, HAS_SIGN, LOG2_D,
-                             INV_SQRT_D, True)
-            else:
-                lu = u - N_Q_PROGS - N_K_PROGS
-                _spin_until(cnt_v + lu // NC_KV, NC_KV)
-                _chunk_quant(v_ptr, svb, svh, svs, svd, yv_ptr, yvb, yvh, yvs, H_KV, S_KV, NC_KV, lu, amax_v,
-                             1, dv_ptr, cos_ptr, sin_ptr, stride_cs, stride_cd, sign_ptr, HEAD_DIM, BLOCK_D,
-                             BLOCK_S, CHUNK_S, False, INTERLEAVED, COMPACT_CS, HAD_V, HAS_SIGN, LOG2_D,
-                             INV_SQRT_D, True)
+            _item_quant(u, q_ptr, sqb, sqh, sqs, sqd, k_ptr, skb, skh, sks, skd, v_ptr, svb, svh, svs, svd,
+                        yq_ptr, yqb, yqh, yqs, yk_ptr, ykb, ykh, yks, yv_ptr, yvb, yvh, yvs, H_Q, H_KV, S_Q,
+                        S_KV, NC_Q, NC_KV, N_Q_PROGS, N_K_PROGS, GROUP, amax_q, amax_k, amax_v, cnt_q, cnt_k,
+                        cnt_v, dq_ptr, dk_ptr, dv_ptr, cos_ptr, sin_ptr, stride_cs, stride_cd, sign_ptr,
+                        HEAD_DIM, BLOCK_D, BLOCK_S, CHUNK_S, ROPE, INTERLEAVED, COMPACT_CS, HAD_QK, HAD_V,
+                        HAS_SIGN, LOG2_D, INV_SQRT_D, True)
         it += 1
 
 
@@ -441,9 +467,7 @@ def _group_round(x_ptr, stride_b, stride_h, stride_s, stride_d, y_ptr, stride_yb
     bits = tl.where(amax != amax, 0x7FC00000, amax.to(tl.int32, bitcast=True))
     tl.atomic_max(amax_ptr, bits, sem="relaxed")
     tl.atomic_add(cnt_ptr, 1, sem="release")
-    arrived = tl.atomic_add(cnt_ptr, 0, sem="acquire")
-    while arrived < NP:
-        arrived = tl.atomic_add(cnt_ptr, 0, sem="acquire")
+    _spin_until(cnt_ptr, NP)
     amax = tl.atomic_max(amax_ptr, 0, sem="relaxed").to(tl.float32, bitcast=True)
     tiny = amax < _AMAX_EPS_C
     big = tl.full([], _E4M3_MAX_C, tl.float32)
@@ -531,10 +555,13 @@ def _chunk_rows(total_rows: int, device: torch.device, override: Optional[int]) 
         if override < 32 or override & (override - 1):
             raise ValueError(f"_chunk_s must be a power of two >= 32, got {override}")
         return override
-    target_programs = 16 * num_sms(device)
-    rows = total_rows // max(1, target_programs)
-    rows = 1 << max(0, rows.bit_length() - 1)  # previous power of two
-    return int(min(512, max(32, rows)))
+    return _pow2_rows(total_rows // (16 * num_sms(device)))
+
+
+def _pow2_rows(rows: int) -> int:
+    """The power of two at or below rows, clamped to 32 .. 512 (chunk sizes)."""
+    rows = 1 << max(0, int(rows).bit_length() - 1)
+    return min(512, max(32, rows))
 
 
 @functools.lru_cache(maxsize=None)
@@ -708,10 +735,7 @@ def _persistent_chunk_rows(d: int, device: torch.device) -> int:
     """Rows of one S-chunk in the persistent design: one round of work (num_sms * 4 programs x one
     chunk each, 16-bit input) covers ~8 MiB, so the rounds in flight between a chunk's two reads stay
     well inside L2 (50 MiB on H100/H200)."""
-    row_bytes = next_power_of_2(d) * 2
-    rows = _PERSISTENT_ROUND_BYTES // (num_sms(device) * 4 * row_bytes)
-    rows = 1 << max(0, rows.bit_length() - 1)
-    return int(min(512, max(32, rows)))
+    return _pow2_rows(_PERSISTENT_ROUND_BYTES // (num_sms(device) * 4 * next_power_of_2(d) * 2))
 
 
 def _single_read_plan(b, h_q, h_kv, s_q, s_kv, d, device) -> Optional[tuple[int, int]]:

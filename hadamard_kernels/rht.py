@@ -156,30 +156,17 @@ def _pm1_cached(signs: tuple[int, ...], inverse: bool, device: torch.device, dty
 # -------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _rht_block_rows(x, m, scale, D: tl.constexpr, IS_FP32: tl.constexpr):
-    # x: [R, D] in the input dtype -> (x @ m) * scale in fp32. m is the [D, D] +-1 matrix (exact in
-    # x's dtype, so one dot with fp32 accumulation is exact up to fp32 accumulation).
+def _pm_matmul(a, b, scale, D: tl.constexpr, IS_FP32: tl.constexpr):
+    # (a @ b) * scale in fp32, one operand the [D, D] +-1 matrix (exact in the other's dtype, so one
+    # dot with fp32 accumulation is exact up to fp32 accumulation). Rows: a = x [R, D], b = M;
+    # columns: a = M^T, b = x [D, C]. Below D = 16 (tl.dot's minimum) a broadcast sum.
     if D >= 16:
         if IS_FP32:
-            y = tl.dot(x, m, input_precision="tf32x3")
+            y = tl.dot(a, b, input_precision="tf32x3")
         else:
-            y = tl.dot(x, m)
+            y = tl.dot(a, b)
     else:
-        y = tl.sum(x.to(tl.float32)[:, :, None] * m.to(tl.float32)[None, :, :], axis=1)
-    return y * scale
-
-
-@triton.jit
-def _rht_block_cols(x, mt, scale, D: tl.constexpr, IS_FP32: tl.constexpr):
-    # x: [D, C] (one block of D along dim 0 for each of C columns) -> (mt @ x) * scale in fp32,
-    # mt = M^T with M the +-1 matrix.
-    if D >= 16:
-        if IS_FP32:
-            y = tl.dot(mt, x, input_precision="tf32x3")
-        else:
-            y = tl.dot(mt, x)
-    else:
-        y = tl.sum(mt.to(tl.float32)[:, :, None] * x.to(tl.float32)[None, :, :], axis=1)
+        y = tl.sum(a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :], axis=1)
     return y * scale
 
 
@@ -198,7 +185,7 @@ def _rht_rows_kernel(x_ptr, y_ptr, m_ptr, scale, n_rows, size_bucket,
         offs = rows[:, None] * D + cols[None, :]
         mask = rows[:, None] < n_rows
         x = tl.load(x_ptr + offs, mask=mask, other=0.0)
-        y = _rht_block_rows(x, m, scale, D, IS_FP32)
+        y = _pm_matmul(x, m, scale, D, IS_FP32)
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -217,7 +204,7 @@ def _rht_cols_kernel(x_ptr, y_ptr, m_ptr, scale, n_inner, size_bucket,
         offs = b * D * n_inner + k[:, None].to(tl.int64) * n_inner + cols[None, :]
         mask = cols[None, :] < n_inner
         x = tl.load(x_ptr + offs, mask=mask, other=0.0)
-        y = _rht_block_cols(x, mt, scale, D, IS_FP32)
+        y = _pm_matmul(mt, x, scale, D, IS_FP32)
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 

@@ -164,11 +164,7 @@ def _rht_amax_rows_kernel(x_ptr, m_ptr, rht_amax_ptr, amax_ptr, M, N, stride_m, 
     n_row_tiles = tl.cdiv(M, BLOCK_M)
     n_col_tiles = tl.cdiv(N, BLOCK_N)
     n_tiles = n_row_tiles * n_col_tiles
-    # Same trip count in every program (a bound computed from scalar arguments only: triton 3.6's
-    # interpreter accepts neither a program_id-derived start nor end); tiles past the end are
-    # pushed out of bounds (zero-filled / masked: |0| never raises a max).
-    # INTERP_TRIP_COUNT is 0 on GPUs (one specialization for all sizes); only under the interpreter
-    # (whose range() cannot take a runtime bound with numpy >= 2.4) the host passes the count.
+    # Trip count and INTERP_TRIP_COUNT: as in the columns kernel.
     R_ROWS: tl.constexpr = BLOCK_M * BLOCK_N // D
 
     k = tl.arange(0, D)
