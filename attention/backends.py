@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from hadamard_kernels._triton_utils import device_capability
+from hadamard_kernels.runtime import device_capability
 
 
 class AttentionBackend(str, enum.Enum):

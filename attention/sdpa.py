@@ -41,11 +41,8 @@ from attention.backends import (
     resolve_backend,
 )
 from fp8_quant import HadamardMode, quantize_qkv
-
-try:
-    from hadamard_kernels import hadamard_transform
-except ImportError:  # the package exports it from its module; import it from there
-    from hadamard_kernels.hadamard import hadamard_transform
+from hadamard_kernels.rht import inverse_rht
+from hadamard_kernels.signs import SignVector, as_sign_vector
 
 _LOG2E = 1.4426950408889634
 # FA3's FP8 softmax subtracts (row max - 8) before exp2 so that P lies in [0, 256] and uses more of
@@ -205,59 +202,80 @@ def unsupported_reason(query, key, value, attn_mask=None, dropout_p=0.0, is_caus
     return None
 
 
-def _check_sign(sign_vector, d: int, mode: HadamardMode):
+def _resolve_sign(sign_vector, d: Optional[int], mode: HadamardMode) -> Optional[SignVector]:
+    """The validated sign vector (+-1 entries, length D unless d is None) or None; ValueError otherwise."""
     if sign_vector is None:
-        return
+        return None
     if mode == HadamardMode.NONE:
         raise ValueError("sign_vector given but hadamard=NONE: it only applies to a Hadamard mode")
-    if not isinstance(sign_vector, torch.Tensor) or tuple(sign_vector.shape) != (d,):
-        raise ValueError(f"sign_vector must be a tensor of shape (D,) = ({d},), got "
-                         f"{getattr(sign_vector, 'shape', type(sign_vector).__name__)}")
+    return as_sign_vector(sign_vector, d, "sign_vector")
+
+
+_ONES: dict[int, SignVector] = {}
+
+
+def _ones(d: int) -> SignVector:
+    sv = _ONES.get(d)
+    if sv is None:
+        sv = _ONES[d] = SignVector((1,) * d)
+    return sv
 
 
 # ---------------------------------------------------------------------------------------------
 # Public functions
 # ---------------------------------------------------------------------------------------------
 
-def _undo_rotation(out: torch.Tensor, mode: HadamardMode, sign_vector: Optional[torch.Tensor]) -> torch.Tensor:
-    """O = O' @ (H diag(s)) / sqrt(D) = hadamard_transform(O', 1/sqrt(D)) * s (H symmetric)."""
+def _undo_rotation(out: torch.Tensor, mode: HadamardMode, signs: Optional[SignVector]) -> torch.Tensor:
+    """O = O' @ R^T with R = diag(s) H_D / sqrt(D): the library's inverse RHT over the head dim, one
+    kernel, one rounding (``hadamard_kernels.inverse_rht``; s = ones when no sign vector is given)."""
     if mode == HadamardMode.NONE:
         return out
     d = out.shape[-1]
-    out = hadamard_transform(out, 1.0 / math.sqrt(d))
-    if sign_vector is not None:
-        out = out * sign_vector.to(device=out.device, dtype=out.dtype)
-    return out
+    return inverse_rht(out, signs if signs is not None else _ones(d), d, axis=-1)
 
 
 def _run(qkv, scale: float, is_causal: bool, backend: AttentionBackend, mode: HadamardMode,
-         sign_vector, dtype: torch.dtype, layout: str) -> torch.Tensor:
+         signs: Optional[SignVector], dtype: torch.dtype, layout: str) -> torch.Tensor:
     q, k, v = qkv.q, qkv.k, qkv.v
     if layout == "BHSD":  # BSHD views: FA3/FA4 need only a contiguous last dim
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     out = _fp8_attention_fwd_op(q, k, v, qkv.q_descale, qkv.k_descale, qkv.v_descale, float(scale),
                                 bool(is_causal), backend.value)
-    out = _undo_rotation(out, mode, sign_vector)
+    out = _undo_rotation(out, mode, signs)
     if out.dtype != dtype:
         out = out.to(dtype)
     return out.transpose(1, 2)  # BHSD view of the BSHD result
 
 
+def _fp8_sdpa_impl(query, key, value, is_causal: bool, scale: Optional[float], backend: AttentionBackend,
+                   mode: HadamardMode, signs: Optional[SignVector], quant_layout: str = "BSHD") -> torch.Tensor:
+    """``fp8_sdpa`` after validation (the seam tests and benchmarks use). ``quant_layout``: the layout
+    the quantizer writes; "BSHD" (what ``fp8_sdpa`` runs) hands FA contiguous BSHD payloads with no
+    copy anywhere, "BHSD" hands it transposed views (a benchmark row)."""
+    d = query.shape[-1]
+    if query.numel() == 0:
+        return torch.empty(query.shape[:3] + (value.shape[-1],), dtype=query.dtype, device=query.device)
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    if quant_layout == "BSHD":  # quantize the BSHD views: contiguous BSHD payloads, what FA reads best
+        query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+    qkv = quantize_qkv(query, key, value, layout=quant_layout, hadamard=mode, sign_vector=signs)
+    return _run(qkv, scale, is_causal, backend, mode, signs, query.dtype, quant_layout)
+
+
 def fp8_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask=None, dropout_p: float = 0.0,
              is_causal: bool = False, scale: Optional[float] = None, enable_gqa: bool = False, *,
              hadamard: HadamardMode | str = HadamardMode.NONE, backend: AttentionBackend | str | None = None,
-             sign_vector: Optional[torch.Tensor] = None, _quant_layout: str = "BSHD") -> torch.Tensor:
+             sign_vector=None) -> torch.Tensor:
     """FP8 attention with the shapes and semantics of ``F.scaled_dot_product_attention``.
 
     query (B, H_q, S_q, D), key/value (B, H_kv, S_kv, D), bf16 or fp16; H_q a multiple of H_kv
     (``enable_gqa=True`` when they differ). Returns (B, H_q, S_q, D) in the input dtype (a BHSD view of
     a BSHD buffer). ``is_causal`` is top-left aligned as in SDPA for any S_q, S_kv. ``hadamard``:
-    NONE, QKV or V_ONLY (rotation by diag(s) H_D / sqrt(D) before quantization, undone on the output;
-    ``sign_vector`` s in {+-1}^D, default ones). ``backend``: an ``AttentionBackend`` or None (automatic:
-    FA4 on SM100, FA3 on SM90, else RuntimeError). Refused with ValueError: any ``attn_mask``,
-    ``dropout_p != 0``, head dims the backend lacks, other dtypes, inputs requiring grad.
-    ``_quant_layout`` (private, for the benchmark): the layout the quantizer writes; "BSHD" (default)
-    hands FA contiguous BSHD payloads with no copy anywhere, "BHSD" hands it transposed views.
+    NONE, QKV or V_ONLY (rotation by diag(s) H_D / sqrt(D) before quantization, undone on the output
+    with ``inverse_rht``); ``sign_vector`` s: +-1 entries, length D, as a tensor, list, tuple or
+    ``SignVector`` (default ones; other entries raise ValueError). ``backend``: an ``AttentionBackend``
+    or None (automatic: FA4 on SM100, FA3 on SM90, else RuntimeError). Refused with ValueError: any
+    ``attn_mask``, ``dropout_p != 0``, head dims the backend lacks, other dtypes, inputs requiring grad.
     """
     if not isinstance(query, torch.Tensor):
         raise ValueError(f"query must be a torch.Tensor, got {type(query).__name__}")
@@ -267,21 +285,14 @@ def fp8_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_m
                              backend=b, hadamard=mode)
     if why is not None:
         raise ValueError(f"fp8_sdpa: {why}")
-    d = query.shape[-1]
-    _check_sign(sign_vector, d, mode)
-    if query.numel() == 0:
-        return torch.empty(query.shape[:3] + (value.shape[-1],), dtype=query.dtype, device=query.device)
-    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    if _quant_layout == "BSHD":  # quantize the BSHD views: contiguous BSHD payloads, what FA reads best
-        query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
-    qkv = quantize_qkv(query, key, value, layout=_quant_layout, hadamard=mode, sign_vector=sign_vector)
-    return _run(qkv, scale, is_causal, b, mode, sign_vector, query.dtype, _quant_layout)
+    signs = _resolve_sign(sign_vector, query.shape[-1], mode)
+    return _fp8_sdpa_impl(query, key, value, is_causal, scale, b, mode, signs)
 
 
 def fp8_rope_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *,
                   rope_interleaved: bool = False, is_causal: bool = False, scale: Optional[float] = None,
                   hadamard: HadamardMode | str = HadamardMode.NONE, backend: AttentionBackend | str | None = None,
-                  sign_vector: Optional[torch.Tensor] = None) -> torch.Tensor:
+                  sign_vector=None) -> torch.Tensor:
     """FP8 attention on pre-RoPE BSHD inputs with RoPE fused into the quantization.
 
     q (B, S_q, H_q, D), k/v (B, S_kv, H_kv, D), bf16/fp16, H_q a multiple of H_kv (GQA implied);
@@ -297,13 +308,13 @@ def fp8_rope_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.
     if why is not None:
         raise ValueError(f"fp8_rope_sdpa: {why}")
     d = q.shape[-1]
-    _check_sign(sign_vector, d, mode)
+    signs = _resolve_sign(sign_vector, d, mode)
     if q.numel() == 0:
         return torch.empty((q.shape[0], q.shape[2], q.shape[1], v.shape[-1]), dtype=q.dtype, device=q.device)
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     qkv = quantize_qkv(q, k, v, layout="BSHD", cos=cos, sin=sin, rope_interleaved=rope_interleaved,
-                       hadamard=mode, sign_vector=sign_vector)
-    return _run(qkv, scale, is_causal, b, mode, sign_vector, q.dtype, "BSHD")
+                       hadamard=mode, sign_vector=signs)
+    return _run(qkv, scale, is_causal, b, mode, signs, q.dtype, "BSHD")
 
 
 def fp8_fa3_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from attention.backends import AttentionBackend, as_backend, resolve_backend
-from attention.sdpa import _as_mode, fp8_sdpa, unsupported_reason
+from attention.sdpa import _as_mode, _resolve_sign, fp8_sdpa, unsupported_reason
 from fp8_quant import HadamardMode
 
 _SDPA = F.scaled_dot_product_attention
@@ -73,7 +73,7 @@ class LowPrecisionAttention(torch.nn.Module):
     """
 
     def __init__(self, model: torch.nn.Module, backend=None, hadamard=HadamardMode.NONE,
-                 unsupported: str = "fallback", sign_vector: Optional[torch.Tensor] = None):
+                 unsupported: str = "fallback", sign_vector=None):
         super().__init__()
         if unsupported not in ("fallback", "raise"):
             raise ValueError(f"unsupported must be 'fallback' or 'raise', got {unsupported!r}")
@@ -81,7 +81,8 @@ class LowPrecisionAttention(torch.nn.Module):
         self.backend = None if backend is None else as_backend(backend)
         self.hadamard = _as_mode(hadamard)
         self.unsupported = unsupported
-        self.sign_vector = sign_vector
+        # validated once here (+-1 entries; the length is checked against each call's head dim)
+        self.sign_vector = None if sign_vector is None else _resolve_sign(sign_vector, None, self.hadamard)
         self.fp8_calls = 0
         self.fallback_calls = 0
         self._warned = False
@@ -118,7 +119,7 @@ class LowPrecisionAttention(torch.nn.Module):
 def apply_low_precision_attention(model: torch.nn.Module, backend: AttentionBackend | str | None = None,
                                   hadamard: HadamardMode | str = HadamardMode.NONE,
                                   unsupported: str = "fallback",
-                                  sign_vector: Optional[torch.Tensor] = None) -> LowPrecisionAttention:
+                                  sign_vector=None) -> LowPrecisionAttention:
     """A module whose forward runs ``model`` with SDPA calls routed to ``fp8_sdpa`` (see the module
     docstring). ``model`` itself is not modified; calling it directly still runs plain SDPA."""
     return LowPrecisionAttention(model, backend=backend, hadamard=hadamard, unsupported=unsupported,

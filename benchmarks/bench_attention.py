@@ -135,8 +135,8 @@ def cases(ctx: Context) -> Iterable[Case]:
                                                                               backend=FA3),
                 "fp8-fa3-qkv": lambda causal=causal, qh=qh, kh=kh, vh=vh: fp8_sdpa(
                     qh, kh, vh, is_causal=causal, backend=FA3, hadamard=HadamardMode.QKV),
-                "fp8-fa3-bhsdquant": lambda causal=causal, qh=qh, kh=kh, vh=vh: fp8_sdpa(
-                    qh, kh, vh, is_causal=causal, backend=FA3, _quant_layout="BHSD"),
+                "fp8-fa3-bhsdquant": lambda causal=causal, qh=qh, kh=kh, vh=vh: _fp8_sdpa_impl(
+                    qh, kh, vh, causal, None, FA3, HadamardMode.NONE, None, quant_layout="BHSD"),
                 "fp8-fa3-vonly": lambda causal=causal, qh=qh, kh=kh, vh=vh: fp8_sdpa(
                     qh, kh, vh, is_causal=causal, backend=FA3, hadamard=HadamardMode.V_ONLY),
             }

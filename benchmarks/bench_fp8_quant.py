@@ -1,13 +1,14 @@
 """Fused FP8 QKV quantization: GB/s against the torch.clone ceiling.
 
-Cases (GPU), D=128, bf16, kept few (each new autotune key compiles every config):
-- plain, B=1, H_q=H_kv=32, S in {4096, 16384, 65536} (``--sizes`` overrides S): every kernel design
-  (impl ``two-pass``, ``persistent``, ``single-read``, and the public default ``auto``);
+Cases (GPU), D=128, bf16, kept few (each new autotune key compiles every config). impl ``auto`` is the
+public ``quantize_qkv`` call (one design since issue 10, the two-pass kernels; the label is kept so rows
+compare with earlier tours, where ``auto`` picked among designs):
+- plain, B=1, H_q=H_kv=32, S in {4096, 16384, 65536} (``--sizes`` overrides S);
 - ``auto-graph`` (GPU): each ``auto`` call replayed from a CUDA graph, i.e. the kernels alone; where it
   is much faster than ``auto``, the eager call is bound by the host's launch cost;
-- ``auto`` only: rope at S=16384, rope+hadamard at every S; B=8 S=4096 plain; GQA H_q=32, H_kv=8,
-  S=16384 rope+hadamard;
-- hadamard (QKV) at S=16384 and 65536 (``auto``).
+- rope at S=16384, rope+hadamard at every S; B=8 S=4096 plain; GQA H_q=32, H_kv=8, S=16384
+  rope+hadamard;
+- hadamard (QKV) at S=16384 and 65536.
 bytes = 2 per input element read + 1 per FP8 element written (Q, K and V together). check = fraction
 of payload bytes equal to the reference (``fp8_quant.reference``) on the first ``_CHECK_ROWS`` rows of
 every head (all rows in quick mode) and descales exactly (ok needs equal descales and a rate >= 0.9999:
@@ -29,22 +30,10 @@ from benchmarks.harness import Case, Context, GraphReplay, rotation_count, Rotat
 _CHECK_ROWS = 2048
 
 
-def _quantize(q, k, v, impl, **kw):
+def _quantize(q, k, v, **kw):
     from fp8_quant import quantize_qkv
 
-    return quantize_qkv(q, k, v, _impl=impl, **kw)
-
-
-def _single_read_refuses(b, hq, hkv, s, d, device) -> bool:
-    from fp8_quant import quantize as qmod
-
-    return qmod._single_read_plan(b, hq, hkv, s, s, d, torch.device(device)) is None
-
-
-def _impls() -> list[str]:
-    from fp8_quant import quantize as qmod
-
-    return [i for i in ("two-pass", "persistent", "single-read", "auto") if i in qmod._IMPLS]
+    return quantize_qkv(q, k, v, **kw)
 
 
 def _inputs(b, hq, hkv, s, d, device, gen):
@@ -62,14 +51,13 @@ def _rope(s, d, device):
     return ang.cos(), ang.sin()  # compact (S, D/2)
 
 
-def _check(q, k, v, kw, impl, full: bool):
+def _check(q, k, v, kw, impl: str, full: bool):
     """Descales exactly, payload bytes on the first _CHECK_ROWS rows (all rows when ``full``); the
     reference amax is taken head by head over all rows (float32, same order as the kernels)."""
-    from fp8_quant import quantize_qkv
     from fp8_quant import reference as R
 
     def run():
-        res = _quantize(q, k, v, impl, **kw)
+        res = _quantize(q, k, v, **kw)
         rows = q.shape[2] if full else min(_CHECK_ROWS, q.shape[2])
         equal = total = 0
         ok_ds = True
@@ -96,7 +84,7 @@ def _check(q, k, v, kw, impl, full: bool):
             total += got.numel()
         rate = equal / total
         if q.is_cuda:
-            _print_host_time(lambda: _quantize(q, k, v, impl, **kw), impl, q.shape, k.shape, kw)
+            _print_host_time(lambda: _quantize(q, k, v, **kw), impl, q.shape, k.shape, kw)
         return "bitexact", rate, bool(ok_ds and rate >= 0.9999)
 
     return run
@@ -132,7 +120,7 @@ def cases(ctx: Context) -> Iterable[Case]:
     gen = torch.Generator(device=device)
     gen.manual_seed(0)
     d = 64 if ctx.quick else 128
-    impls = _impls()
+    impls = ["auto"]
     if ctx.quick:
         sizes = ctx.sizes or [64, 100]
         plan = [((1, 2, 2, s_), v_, impls) for s_ in sizes for v_ in ("plain", "rope+hadamard")]
@@ -175,13 +163,9 @@ def cases(ctx: Context) -> Iterable[Case]:
                 continue
             kw = variants[vname]
             for impl in case_impls:
-                if impl == "single-read" and _single_read_refuses(b, hq, hkv, s, d, device):
-                    print(f"# fp8_quant: single-read refuses {shape} (a group's slice does not fit on chip)")
-                    continue
-
-                def fn(kw=kw, impl=impl, rot=rot):
+                def fn(kw=kw, rot=rot):
                     qq, kk, vv = rot.next()
-                    return _quantize(qq, kk, vv, impl, **kw)
+                    return _quantize(qq, kk, vv, **kw)
 
                 yield Case(suite="fp8_quant", op=f"quantize_qkv/{vname}", impl=impl, shape=shape, dtype="bf16",
                            fn=fn, nbytes=nbytes, check=_check(q, k, v, kw, impl, full), size=s,
@@ -190,7 +174,7 @@ def cases(ctx: Context) -> Iterable[Case]:
                 if impl == "auto" and ctx.on_gpu:
                     # the same call replayed from a CUDA graph: the kernels without the host's launch cost
                     yield Case(suite="fp8_quant", op=f"quantize_qkv/{vname}", impl="auto-graph", shape=shape,
-                               dtype="bf16", fn=GraphReplay(lambda kw=kw, q=q, k=k, v=v: _quantize(q, k, v, "auto", **kw)),
+                               dtype="bf16", fn=GraphReplay(lambda kw=kw, q=q, k=k, v=v: _quantize(q, k, v, **kw)),
                                nbytes=nbytes, size=s,
                                baseline=(f"fp8_quant/quantize_qkv/plain/auto-graph/{shape}/bf16"
                                          if vname != "plain" else None),

@@ -2,8 +2,8 @@
 
 Kept lean so the whole suite (compiles and autotuning included) runs in about two minutes on one GPU.
 Bandwidth cases (bf16, rows so the input is >= 256 MiB; bytes = 2 * numel * itemsize), one row per
-implementation so one GPU run answers the design questions and fills
-``hadamard_kernels.hadamard.DISPATCH`` / ``DISPATCH_K``:
+implementation so one GPU run answers the design questions; ``python -m benchmarks.dispatch`` writes
+the kernel-choice tables (``hadamard_kernels/dispatch_table.py``) from its ``butterfly``/``matmul`` rows:
 
 - powers of two 16..32768 and K * 2^m in {12*1024, 20*1024, 28*512, 28*1024, 40*512}:
   ``butterfly`` (the in-register butterfly kernel), ``matmul`` (the tensor-core kernel, bf16 hi/lo
@@ -11,16 +11,15 @@ implementation so one GPU run answers the design questions and fills
   table);
 - n in {256, 4096, 32768}: ``torch-matmul``, dense ``x @ H`` in bf16 (a peer: fp32 accumulate; at
   32768 compute-bound), the ``speedup`` baseline of those sizes;
-- n in {16, 256, 4096}: ``butterfly-2d``, the butterfly with row-pointer loads and stores instead of
-  the flat 1-d ones used for contiguous rows (does the flat layout pay off at small n?);
 - ``fast_hadamard_transform``: Dao's CUDA kernel when importable (powers of two only).
 
 check = relative RMS error against the float64 reference on the first rows, divided by the error of
 rounding the exact result once to bf16 (ok <= 1.1). Decode latency (op ``latency``, 1x4096, 16x4096,
 128x4096 bf16; the ``us`` column is the number to read, aim <= 5 us): ``auto`` through the public
-function (custom-op dispatch included) on rotating input sets; ``launch`` the same kernel launched
-directly (no ``torch.library`` dispatch: the difference is the custom op's host overhead);
-``graph`` one captured call replayed from a CUDA graph (GPU only: the kernel without host overhead).
+function (validation and kernel choice; eager calls skip the custom-op dispatcher) on rotating input
+sets; ``launch`` the same kernel through the launcher seam ``H._launch`` (the difference is the public
+function's host overhead); ``graph`` one captured call replayed from a CUDA graph (GPU only: the
+kernel without host overhead).
 
 ``ctx.quick``: 4 rows, a few n <= 1024. ``ctx.sizes``: those n only (powers of two or K * 2^m), the
 same impls as above for each.
@@ -43,7 +42,6 @@ SUITE = "hadamard"
 POW2 = [2 ** i for i in range(4, 16)]  # 16 .. 32768
 K_SIZES = [(12, 1024), (20, 1024), (28, 512), (28, 1024), (40, 512)]
 TORCH_MATMUL_N = (256, 4096, 32768)
-ROW_POINTER_N = (16, 256, 4096)
 TARGET_BYTES = 256 << 20
 CHECK_ROWS = 64
 
@@ -99,8 +97,6 @@ def _impls(k: int, n: int, device: str, x: Callable[[], torch.Tensor]) -> list[t
     ]
     if k == 1 and n in TORCH_MATMUL_N:
         out.append(("torch-matmul", lambda: x() @ _dense(n, device), "dense bf16 x @ H", True))
-    if k == 1 and n in ROW_POINTER_N:  # design variant: row-pointer 2-d loads/stores
-        out.append(("butterfly-2d", lambda: H._launch(x(), 1.0, None, "butterfly", flat=False), "", True))
     if _fht is not None and device == "cuda" and k == 1:
         out.append(("fast_hadamard_transform", lambda: _fht.hadamard_transform(x(), 1.0), "", True))
     return out
@@ -154,7 +150,7 @@ def _latency_cases(ctx: Context) -> Iterable[Case]:
              f"rotating {count} input sets"),
             ("launch", lambda t, i=impl_name: H._launch(t, 1.0, None, i),
              lambda rot=rot, i=impl_name: H._launch(rot.next(), 1.0, None, i),
-             f"kernel {impl_name} launched without custom-op dispatch; rotating {count} input sets"),
+             f"kernel {impl_name} launched through the seam H._launch; rotating {count} input sets"),
         ]
         if ctx.on_gpu:
             replay = harness.GraphReplay(lambda first=first: H.hadamard_transform(first))

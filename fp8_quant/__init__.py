@@ -1,7 +1,9 @@
 """Chunked per-head FP8 (e4m3) quantization of Q, K and V with RoPE and Hadamard fused in.
 
 Public API: ``HadamardMode``, ``QuantizedQKV``, ``quantize_qkv``, ``quantize_per_head``,
-``dequantize_per_head``. Plain PyTorch references live in ``fp8_quant.reference``.
+``dequantize_per_head``. Modules: ``quantize`` (public API, validation, ``QuantSpec``, custom ops),
+``kernels`` (the two-pass Triton kernels and their launcher, ``quantize_launch``), ``reference`` (plain
+PyTorch references).
 """
 
 from fp8_quant.quantize import (

@@ -1,9 +1,12 @@
-"""Walsh-Hadamard transforms, the Randomized Hadamard Transform and RHT + amax, in Triton."""
+"""Walsh-Hadamard transforms, the Randomized Hadamard Transform and RHT + amax, in Triton.
 
-from hadamard_kernels.matrices import sylvester_matrix
+Also the library's shared layer, which ``fp8_quant`` and ``attention`` build on: ``runtime``
+(interpreter detection, autotune configs, the config seam, device properties, TMA allocator scope),
+``interpreter_fixes``, ``triton_helpers`` (shared ``@triton.jit`` helpers) and ``signs`` (the one
+sign-vector type and RHT convention).
+"""
 
-# --- Hadamard transforms (butterfly + matmul kernels) -------------------------------------------
-from hadamard_kernels.hadamard import (  # noqa: E402
+from hadamard_kernels.hadamard import (
     butterfly_hadamard,
     hadamard_transform,
     hadamard_transform_12N,
@@ -12,14 +15,15 @@ from hadamard_kernels.hadamard import (  # noqa: E402
     hadamard_transform_40N,
     matmul_hadamard,
 )
-from hadamard_kernels.matrices import hadamard_k_matrix, hadamard_matrix, is_hadamard  # noqa: E402
+from hadamard_kernels.matrices import hadamard_k_matrix, hadamard_matrix, is_hadamard, sylvester_matrix
+from hadamard_kernels.rht import get_rht_matrix, inverse_rht, rht
+from hadamard_kernels.rht_amax import rht_amax
+from hadamard_kernels.signs import DEFAULT_SIGN_VECTOR, SignVector, as_sign_vector, random_sign_vector
 
-# --- Randomized Hadamard Transform and RHT + amax ------------------------------------------------
-from hadamard_kernels.rht import (  # noqa: E402
-    DEFAULT_SIGN_VECTOR,
-    get_rht_matrix,
-    inverse_rht,
-    random_sign_vector,
-    rht,
-)
-from hadamard_kernels.rht_amax import rht_amax  # noqa: E402
+__all__ = [
+    "hadamard_transform", "hadamard_transform_12N", "hadamard_transform_20N", "hadamard_transform_28N",
+    "hadamard_transform_40N", "butterfly_hadamard", "matmul_hadamard",
+    "sylvester_matrix", "hadamard_matrix", "hadamard_k_matrix", "is_hadamard",
+    "rht", "inverse_rht", "get_rht_matrix", "rht_amax",
+    "SignVector", "as_sign_vector", "DEFAULT_SIGN_VECTOR", "random_sign_vector",
+]

@@ -18,30 +18,32 @@ tile (KP = K rounded up to a power of two, masked), and round once at the store.
   fp32 accumulation: no intermediate is rounded to bf16. P < 16 (too small for a dot) uses butterfly
   stages for the power-of-two part.
 
-``hadamard_transform`` picks a kernel per (n, dtype) from ``DISPATCH`` (filled from GPU measurements).
+``hadamard_transform`` and ``hadamard_transform_<K>N`` pick the kernel per (n, dtype) with ``_pick``
+from the tables of ``hadamard_kernels.dispatch_table`` (written by ``python -m benchmarks.dispatch``
+from the tour's measured rows, never by hand).
+
+Call path: the public functions validate once, then launch the kernel directly in eager mode
+(``_launch``, no custom-op dispatcher), and go through the registered custom op under
+``torch.compile`` or when autograd records (``x.requires_grad``). ``_launch(x, scale, h_k, kernel,
+config=None)`` is the seam tests and benchmarks use to force a kernel and a ``triton.Config``.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from hadamard_kernels._triton_utils import autotune_configs, bucket
-from hadamard_kernels.matrices import (
-    HADAMARD_K,
-    hadamard_k_matrix,
-    is_hadamard,
-    is_power_of_two,
-    split_size,
-)
+from hadamard_kernels.dispatch_table import DEFAULT, DISPATCH, DISPATCH_K
+from hadamard_kernels.matrices import HADAMARD_K, hadamard_k_matrix, is_hadamard, is_power_of_two
+from hadamard_kernels.runtime import autotune_configs, bucket, launch
+from hadamard_kernels.triton_helpers import butterfly_stages
 
-# ---------------------------------------------------------------------------------------------
-# Constants
-# ---------------------------------------------------------------------------------------------
+# --- Constants -------------------------------------------------------------------------------
 
 MAX_POW2 = 32768  # largest power-of-two n
 MAX_P_FOR_K = 1024  # n = K * 2^m with 2^m <= 1024
@@ -50,41 +52,8 @@ MAX_P_FOR_K = 1024  # n = K * 2^m with 2^m <= 1024
 MATMUL_MAX_ROW = 32768
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-# Kernel per (n, dtype) for ``hadamard_transform`` (n = 2^m), from the GPU benchmark
-# (``python -m benchmarks --suite hadamard``, impls butterfly/matmul): a size missing here uses
-# DEFAULT_IMPL. Filled from measurements only, never guesses.
-# Measured on an H200 (triton 3.6, bf16, inputs >= 256 MiB; benchmarks/NOTES.md): matmul beat the
-# butterfly at n = 256 (82% vs 73% of clone), 512 (74% vs 73%) and 1024 (75% vs 72%); the butterfly
-# won everywhere else. fp16/fp32 were not measured and stay on the default.
-DISPATCH: dict[tuple[int, torch.dtype], str] = {
-    (256, torch.bfloat16): "matmul",
-    (512, torch.bfloat16): "matmul",
-    (1024, torch.bfloat16): "matmul",
-}
-# The same for the K * 2^m transforms, keyed by (K, n, dtype): at 20 * 1024 matmul 20% vs 17%.
-DISPATCH_K: dict[tuple[int, int, torch.dtype], str] = {
-    (20, 20 * 1024, torch.bfloat16): "matmul",
-}
-DEFAULT_IMPL = "butterfly"
 
-# ---------------------------------------------------------------------------------------------
-# Kernels
-# ---------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _butterfly_stages(y, R: tl.constexpr, P: tl.constexpr, LOG_P: tl.constexpr):
-    # y: [R, P] fp32 -> y @ H_P, radix-2 stages exchanged in registers. Stage s pairs element
-    # q*2h + r with q*2h + h + r (h = 2^s): view [R, P/2h, 2, h], move the pair axis last, split,
-    # (a + b, a - b), join, move it back.
-    for s in tl.static_range(LOG_P):
-        y = tl.reshape(y, [R, P // (2 << s), 2, 1 << s])
-        y = tl.permute(y, (0, 1, 3, 2))
-        a, b = tl.split(y)
-        y = tl.join(a + b, a - b)
-        y = tl.permute(y, (0, 1, 3, 2))
-        y = tl.reshape(y, [R, P])
-    return y
+# --- Kernels ---------------------------------------------------------------------------------
 
 
 @triton.jit
@@ -143,7 +112,7 @@ def _fwht_butterfly_kernel(
     row_ok = rows < M
     mask = row_ok[:, None, None] & (offs_k < K)[None, :, None]
     x = _load_tile(x_ptr, offs_x, col, mask, pid, M, N, BLOCK_M, KP, P, FLAT)
-    y = _butterfly_stages(tl.reshape(x, [BLOCK_M * KP, P]), BLOCK_M * KP, P, LOG_P)
+    y = butterfly_stages(tl.reshape(x, [BLOCK_M * KP, P]), BLOCK_M * KP, P, LOG_P)
     out_row = out_ptr + rows[:, None] * N
     if K == 1:
         y = tl.reshape(y, [BLOCK_M, KP, P]) * scale
@@ -211,7 +180,7 @@ def _fwht_matmul_kernel(
     x = _load_tile(x_ptr, offs_x, col, mask, pid, M, N, BLOCK_M, KP, P, FLAT)
     y = tl.reshape(x, [R, P])
     if P < 16:
-        y = _butterfly_stages(y, R, P, LOG_P)
+        y = butterfly_stages(y, R, P, LOG_P)
     elif F2 == 1:
         y = _split_dot(y, _sylvester_factor(F1, LOG_F1), SPLITS)
     elif F3 == 1:
@@ -286,9 +255,7 @@ _matmul_tuned = triton.autotune(
 )(_fwht_matmul_kernel)
 
 
-# ---------------------------------------------------------------------------------------------
-# Launchers
-# ---------------------------------------------------------------------------------------------
+# --- Launcher (the seam) ---------------------------------------------------------------------
 
 
 def _factors(p: int) -> tuple[int, int, int]:
@@ -304,38 +271,10 @@ def _factors(p: int) -> tuple[int, int, int]:
     return 1 << a, 1 << b, 1 << (log_p - a - b)
 
 
-def _check_x(x: torch.Tensor, name: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name}: dtype {x.dtype} not supported (float32, float16, bfloat16); "
-                        f"x.shape={tuple(x.shape)}")
-    if x.dim() == 0:
-        raise ValueError(f"{name}: x must have at least one dim, got a scalar")
-
-
-def _check_size(n: int, k: int, name: str) -> int:
-    """Validates n = k * 2^m for the kernels; returns P = n // k."""
-    if k == 1:
-        if not is_power_of_two(n) or n < 2 or n > MAX_POW2:
-            raise ValueError(f"{name}: last dim n={n} must be a power of two in 2..{MAX_POW2}")
-        return n
-    if n % k != 0 or not is_power_of_two(n // k) or n // k > MAX_P_FOR_K:
-        raise ValueError(f"{name}: last dim n={n} must be {k} * 2^m with 2^m <= {MAX_P_FOR_K}")
-    return n // k
-
-
-def _hk_arg(h_k: Optional[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    # No per-call allocation on the hot path: K == 1 hands x itself as the (never read) pointer; the
-    # kernels read H_K as [K, K] fp32 contiguous and zero-pad it in registers. The public functions
-    # pass an already fp32-contiguous H_K, so .to/.contiguous are no-ops there.
-    if h_k is None:
-        return x
-    if h_k.dim() != 2 or h_k.shape[0] != h_k.shape[1]:
-        raise ValueError(f"h_k must be a square K x K matrix, got shape {tuple(h_k.shape)}")
-    if h_k.device != x.device:
-        raise ValueError(f"h_k is on {h_k.device}, x on {x.device}")
-    return h_k.to(torch.float32).contiguous()
+def _padded_k(k: int) -> int:
+    """KP: the K axis of the register tile (1 for powers of two, else K rounded up, at least 16 so
+    the K mix is one tl.dot)."""
+    return 1 if k == 1 else max(16, triton.next_power_of_2(k))
 
 
 def _as_rows(x: torch.Tensor):
@@ -344,10 +283,7 @@ def _as_rows(x: torch.Tensor):
     n = x.shape[-1]
     if x.stride(-1) != 1 and n > 1:
         x = x.contiguous()
-    lead = x.shape[:-1]
-    m = 1
-    for s in lead:
-        m *= s
+    m = math.prod(x.shape[:-1])
     if x.dim() == 1:
         return x, 1, 1, 0, 0
     try:
@@ -361,45 +297,43 @@ def _as_rows(x: torch.Tensor):
     return x2, m, 1, x2.stride(0), 0
 
 
-def _launch(x: torch.Tensor, scale: float, h_k: Optional[torch.Tensor], impl: str,
-            flat: Optional[bool] = None) -> torch.Tensor:
-    """``flat``: None = flat 1-d loads whenever K == 1 and rows are contiguous; False forces the
-    row-pointer loads (a benchmark variant)."""
+def _launch(x: torch.Tensor, scale: float, h_k: Optional[torch.Tensor], kernel: str,
+            config: Optional[triton.Config] = None) -> torch.Tensor:
+    """The seam: ``(x @ M) * scale`` with ``kernel`` ("butterfly" or "matmul"); ``config=None``
+    autotunes, a ``triton.Config`` launches exactly that config. Takes what the public functions
+    validated: n = K * 2^m supported by the kernel, h_k None (K = 1) or a square K x K matrix on x's
+    device (read as fp32 contiguous: a no-op for the public functions' H_K)."""
     n = x.shape[-1]
     k = 1 if h_k is None else int(h_k.shape[0])
-    p = _check_size(n, k, impl)
+    p = n // k
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if x.numel() == 0:
         return out
-    kp = 1 if k == 1 else max(16, triton.next_power_of_2(k))
-    if impl == "matmul" and kp * p > MATMUL_MAX_ROW:
-        raise ValueError(f"matmul_hadamard: n={n} (K={k}, padded row {kp * p}) exceeds the matmul "
-                         f"kernel's {MATMUL_MAX_ROW}-element row; use butterfly_hadamard")
+    kp = _padded_k(k)
     xr, m, r1, s0, s1 = _as_rows(x)
-    hk = _hk_arg(h_k, xr)
-    log_p = p.bit_length() - 1
+    # K == 1 hands x itself as the (never read) H_K pointer: no per-call allocation.
+    hk = xr if h_k is None else h_k.to(torch.float32).contiguous()
 
     def grid(meta):
-        block_m = -(-meta["TILE"] // (kp * p))
-        return (triton.cdiv(m, block_m),)
+        return (triton.cdiv(m, -(-meta["TILE"] // (kp * p))),)
 
-    use_flat = k == 1 and r1 == 1 and (m == 1 or s0 == n) and flat is not False
-    common = dict(N=n, K=k, KP=kp, P=p, LOG_P=log_p, FLAT=use_flat)
-    if impl == "butterfly":
-        _butterfly_tuned[grid](xr, out, hk, m, r1, s0, s1, float(scale), bucket(m), **common)
-    else:
+    # FLAT: K == 1 and contiguous rows (N apart): one 1-d load/store per program.
+    flat = k == 1 and r1 == 1 and (m == 1 or s0 == n)
+    args = (xr, out, hk, m, r1, s0, s1, float(scale), bucket(m))
+    consts = dict(N=n, K=k, KP=kp, P=p, LOG_P=p.bit_length() - 1, FLAT=flat)
+    if kernel == "butterfly":
+        launch(_butterfly_tuned, grid, args, consts, config)
+    elif kernel == "matmul":
         f1, f2, f3 = _factors(p)
-        _matmul_tuned[grid](
-            xr, out, hk, m, r1, s0, s1, float(scale), bucket(m), **common,
-            F1=f1, LOG_F1=f1.bit_length() - 1, F2=f2, LOG_F2=f2.bit_length() - 1,
-            F3=f3, LOG_F3=f3.bit_length() - 1, SPLITS=3 if x.dtype == torch.float32 else 2,
-        )
+        consts.update(F1=f1, LOG_F1=f1.bit_length() - 1, F2=f2, LOG_F2=f2.bit_length() - 1,
+                      F3=f3, LOG_F3=f3.bit_length() - 1, SPLITS=3 if x.dtype == torch.float32 else 2)
+        launch(_matmul_tuned, grid, args, consts, config)
+    else:
+        raise ValueError(f"kernel must be 'butterfly' or 'matmul', got {kernel!r}")
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Custom ops (+ fake implementations, autograd)
-# ---------------------------------------------------------------------------------------------
+# --- Custom ops (+ fake implementations, autograd): torch.compile and autograd go through these ---
 
 
 @torch.library.custom_op("hadamard_kernels::fwht_butterfly", mutates_args=())
@@ -443,9 +377,89 @@ torch.library.register_autograd("hadamard_kernels::fwht_matmul", _make_backward(
 
 _OPS = {"butterfly": _fwht_butterfly_op, "matmul": _fwht_matmul_op}
 
-# ---------------------------------------------------------------------------------------------
-# Public functions
-# ---------------------------------------------------------------------------------------------
+
+def _run(kernel: str, x: torch.Tensor, scale: float, h_k: Optional[torch.Tensor]) -> torch.Tensor:
+    """Validated arguments -> the custom op under torch.compile or when autograd records a graph
+    through x (so the backward is registered), else the launcher directly (no dispatcher)."""
+    if torch.compiler.is_compiling() or (x.requires_grad and torch.is_grad_enabled()):
+        return _OPS[kernel](x, scale, h_k)
+    return _launch(x, scale, h_k, kernel)
+
+
+# --- Validation, kernel choice, public functions ---------------------------------------------
+
+
+def _check_x(x: torch.Tensor, name: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name}: dtype {x.dtype} not supported (float32, float16, bfloat16); "
+                        f"x.shape={tuple(x.shape)}")
+    if x.dim() == 0:
+        raise ValueError(f"{name}: x must have at least one dim, got a scalar")
+
+
+def _check_size(n: int, k: int, name: str) -> int:
+    """Validates n = k * 2^m for the kernels; returns P = n // k."""
+    if k == 1:
+        if not is_power_of_two(n) or n < 2 or n > MAX_POW2:
+            raise ValueError(f"{name}: last dim n={n} must be a power of two in 2..{MAX_POW2}")
+        return n
+    if n % k != 0 or not is_power_of_two(n // k) or n // k > MAX_P_FOR_K:
+        raise ValueError(f"{name}: last dim n={n} must be {k} * 2^m with 2^m <= {MAX_P_FOR_K}")
+    return n // k
+
+
+def _pick(n: int, k: int, dtype: torch.dtype) -> str:
+    """The kernel for (n, K, dtype): the dispatch table's entry, else DEFAULT; never the matmul
+    kernel above its row limit."""
+    kernel = DISPATCH.get((n, dtype), DEFAULT) if k == 1 else DISPATCH_K.get((k, n, dtype), DEFAULT)
+    if kernel == "matmul" and _padded_k(k) * (n // k) > MATMUL_MAX_ROW:
+        kernel = "butterfly"
+    return kernel
+
+
+def _kernel_call(kernel: str, x: torch.Tensor, scale: float, h_k: Optional[torch.Tensor]) -> torch.Tensor:
+    name = f"{kernel}_hadamard"
+    _check_x(x, name)
+    k = 1
+    if h_k is not None:
+        if not isinstance(h_k, torch.Tensor):
+            raise TypeError(f"{name}: h_k must be a tensor, got {type(h_k).__name__}")
+        if h_k.dim() != 2 or h_k.shape[0] != h_k.shape[1]:
+            raise ValueError(f"{name}: h_k must be a square K x K matrix, got shape {tuple(h_k.shape)}")
+        if h_k.device != x.device:
+            raise ValueError(f"{name}: h_k is on {h_k.device}, x on {x.device}")
+        k = int(h_k.shape[0])
+    n = x.shape[-1]
+    p = _check_size(n, k, name)
+    if kernel == "matmul" and _padded_k(k) * p > MATMUL_MAX_ROW:
+        raise ValueError(f"{name}: n={n} (K={k}, padded row {_padded_k(k) * p}) exceeds the matmul "
+                         f"kernel's {MATMUL_MAX_ROW}-element row; use butterfly_hadamard")
+    return _run(kernel, x, float(scale), h_k)
+
+
+def butterfly_hadamard(x: torch.Tensor, scale: float = 1.0, h_k: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(x @ M) * scale with the in-register butterfly kernel. M = H_n for h_k=None (n a power of two,
+    2..32768), else kron(h_k, H_{n/K}) with the K x K matrix h_k (shape checked, entries not)."""
+    return _kernel_call("butterfly", x, scale, h_k)
+
+
+def matmul_hadamard(x: torch.Tensor, scale: float = 1.0, h_k: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(x @ M) * scale with the tensor-core (tl.dot) kernel; same contract as ``butterfly_hadamard``
+    (padded rows KP * P up to 32768: not K = 40 with 2^m = 1024)."""
+    return _kernel_call("matmul", x, scale, h_k)
+
+
+def hadamard_transform(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``(x @ H_n) * scale`` along the last dim, H_n the unnormalized Sylvester matrix
+    (``scipy.linalg.hadamard`` order), n a power of two in 2..32768 (else ValueError: no padding).
+    Output dtype = input dtype (float32, float16, bfloat16; others TypeError, float64 included).
+    Differentiable: the backward is the same transform times ``scale``."""
+    _check_x(x, "hadamard_transform")
+    n = x.shape[-1]
+    _check_size(n, 1, "hadamard_transform")
+    return _run(_pick(n, 1, x.dtype), x, float(scale), None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -465,44 +479,13 @@ def _resolve_hk(k: int, h_k: Optional[torch.Tensor], device: torch.device, name:
     return h_k.to(device=device, dtype=torch.float32).contiguous()
 
 
-def butterfly_hadamard(x: torch.Tensor, scale: float = 1.0, h_k: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """(x @ M) * scale with the in-register butterfly kernel. M = H_n for h_k=None (n a power of two,
-    2..32768), else kron(h_k, H_{n/K}) with the K x K Hadamard matrix h_k (no validation here)."""
-    _check_x(x, "butterfly_hadamard")
-    return _fwht_butterfly_op(x, float(scale), h_k)
-
-
-def matmul_hadamard(x: torch.Tensor, scale: float = 1.0, h_k: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """(x @ M) * scale with the tensor-core (tl.dot) kernel; same contract as ``butterfly_hadamard``."""
-    _check_x(x, "matmul_hadamard")
-    return _fwht_matmul_op(x, float(scale), h_k)
-
-
-def _pick(n: int, k: int, dtype: torch.dtype) -> str:
-    impl = DISPATCH.get((n, dtype), DEFAULT_IMPL) if k == 1 else DISPATCH_K.get((k, n, dtype), DEFAULT_IMPL)
-    if impl == "matmul" and k == 40 and n // k > MATMUL_MAX_ROW // 64:
-        impl = "butterfly"
-    return impl
-
-
-def hadamard_transform(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """``(x @ H_n) * scale`` along the last dim, H_n the unnormalized Sylvester matrix
-    (``scipy.linalg.hadamard`` order), n a power of two in 2..32768 (else ValueError: no padding).
-    Output dtype = input dtype (float32, float16, bfloat16; others TypeError, float64 included).
-    Differentiable: the backward is the same transform times ``scale``."""
-    _check_x(x, "hadamard_transform")
-    n = x.shape[-1]
-    _check_size(n, 1, "hadamard_transform")
-    return _OPS[_pick(n, 1, x.dtype)](x, float(scale), None)
-
-
 def _transform_k(k: int, x: torch.Tensor, scale: float, h_k: Optional[torch.Tensor]) -> torch.Tensor:
     name = f"hadamard_transform_{k}N"
     _check_x(x, name)
     n = x.shape[-1]
     _check_size(n, k, name)
     hk = _resolve_hk(k, h_k, x.device, name)
-    return _OPS[_pick(n, k, x.dtype)](x, float(scale), hk)
+    return _run(_pick(n, k, x.dtype), x, float(scale), hk)
 
 
 def hadamard_transform_12N(x: torch.Tensor, scale: float = 1.0, h_k: Optional[torch.Tensor] = None) -> torch.Tensor:

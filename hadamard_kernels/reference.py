@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from hadamard_kernels.matrices import hadamard_k_matrix, hadamard_matrix, split_size
+from hadamard_kernels.signs import as_sign_vector, rht_matrix_f64
 
 # --- Hadamard transform references ---
 
@@ -57,13 +58,10 @@ def rounding_bound(ref: torch.Tensor, dtype: torch.dtype) -> float:
 def rht_ref(x: torch.Tensor, sign_vector, hadamard_dimension: int = 16, axis: int = -1,
             inverse: bool = False) -> torch.Tensor:
     """Float64 RHT of each block of d elements along ``axis``: block @ diag(s) H_d / sqrt(d)
-    (inverse: block @ H_d diag(s) / sqrt(d)). Returns float64."""
-    from hadamard_kernels.matrices import sylvester_matrix
-
+    (inverse: block @ H_d diag(s) / sqrt(d)). ``sign_vector``: SignVector, tensor, list or tuple.
+    Returns float64."""
     d = hadamard_dimension
-    s = torch.as_tensor([float(v) for v in (sign_vector.tolist() if isinstance(sign_vector, torch.Tensor)
-                                            else sign_vector)], dtype=torch.float64)
-    r = s[:, None] * sylvester_matrix(d, torch.float64) / d ** 0.5
+    r = rht_matrix_f64(as_sign_vector(sign_vector, d))
     if inverse:
         r = r.t()
     xm = x.to(torch.float64).movedim(axis, -1)
@@ -72,16 +70,19 @@ def rht_ref(x: torch.Tensor, sign_vector, hadamard_dimension: int = 16, axis: in
     return y.reshape(shape).movedim(-1, axis)
 
 
+def _rht_matrix_in(sign_vector, d: int, x: torch.Tensor) -> torch.Tensor:
+    # == hadamard_kernels.get_rht_matrix(s, x.device, x.dtype, d): float64 rounded once to x's dtype
+    return rht_matrix_f64(as_sign_vector(sign_vector, d)).to(device=x.device, dtype=x.dtype)
+
+
 def rht_amax_contract(x: torch.Tensor, sign_vector, hadamard_dimension: int = 16, axis: int = 0):
     """The peer kernel's contract for a 2-D (M, N) tensor, in torch: blocks of d consecutive rows of
     each column (axis=0) or of each row (axis=1), times the RHT matrix in x's dtype (matmul in x's
     dtype, fp32 accumulation), rounded to x's dtype, |.|, max. Returns (rht_amax, amax) as float32."""
-    from hadamard_kernels.rht import get_rht_matrix
-
     d = hadamard_dimension
     m, n = x.shape
     xt = x.t() if axis % 2 == 0 else x
-    r = get_rht_matrix(sign_vector, x.device, x.dtype, d)
+    r = _rht_matrix_in(sign_vector, d, x)
     y = xt.reshape(n * m // d, d) @ r
     return y.to(x.dtype).abs().max().float(), x.abs().max().float()
 
@@ -90,11 +91,9 @@ def rht_amax_exact(x: torch.Tensor, sign_vector, hadamard_dimension: int = 16, a
     """Same as ``rht_amax_contract`` with the products summed exactly (float64) before the one
     rounding to x's dtype: equal to the contract unless fp32 accumulation rounding crosses a
     rounding boundary of x's dtype."""
-    from hadamard_kernels.rht import get_rht_matrix
-
     d = hadamard_dimension
     m, n = x.shape
     xt = (x.t() if axis % 2 == 0 else x).to(torch.float64)
-    r = get_rht_matrix(sign_vector, x.device, x.dtype, d).to(torch.float64)
+    r = _rht_matrix_in(sign_vector, d, x).to(torch.float64)
     y = xt.reshape(n * m // d, d) @ r
     return y.to(x.dtype).abs().max().float(), x.abs().max().float()

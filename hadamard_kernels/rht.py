@@ -1,12 +1,14 @@
-"""The Randomized Hadamard Transform (RHT): sign vectors, the RHT matrix, and ``rht`` / ``inverse_rht``.
+"""The Randomized Hadamard Transform (RHT): ``rht`` / ``inverse_rht`` and the public RHT matrix.
 
-Convention (shared by every package): for a block x of d consecutive elements (a 1 x d row),
+Convention (``hadamard_kernels.signs``, shared by every package): for a block x of d consecutive
+elements (a 1 x d row),
 
     RHT(x) = x @ R,   R = diag(s) @ H_d / sqrt(d)          (``get_rht_matrix``)
     inverse: y @ R^T = ((y @ H_d) / sqrt(d)) * s
 
-with H_d the Sylvester Hadamard matrix (``scipy.linalg.hadamard`` order, symmetric) and s a vector of
-+-1 signs. R is orthogonal, so ``inverse_rht(rht(x)) == x`` up to rounding.
+with H_d the Sylvester Hadamard matrix and s a vector of +-1 signs (a ``SignVector``, or a tensor,
+list or tuple turned into one by ``as_sign_vector``). R is orthogonal, so ``inverse_rht(rht(x)) == x``
+up to rounding.
 
 ``rht``/``inverse_rht`` transform each consecutive block of d elements along ``axis``; the other dims
 may have any size. The tensor is viewed as (outer, L, inner) with L the transformed axis:
@@ -21,76 +23,30 @@ to the output dtype. For bf16/fp16 inputs that is ONE tensor-core dot with exact
 errors are fp32 accumulation and the fp32 scale, far below the output rounding); fp32 inputs use a
 ``tf32x3`` dot (the +-1 matrix is exact in tf32, x is split in three). d < 16 (2, 4, 8) is below
 ``tl.dot``'s minimum: those use fp32 register math (broadcast multiply + sum).
+
+Seam: ``_rht_launch(x, sv, axis, inverse, config=None)`` runs the autotuned kernel (``config=None``)
+or exactly one ``triton.Config`` (tests, benchmarks). The public functions validate once and call it
+directly in eager mode; under ``torch.compile`` (and when autograd records a graph) they go through
+the registered op ``hadamard_kernels::rht``.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import Optional, Sequence, Union
 
 import torch
 import triton
 import triton.language as tl
 
-from hadamard_kernels._triton_utils import autotune_configs, bucket
-from hadamard_kernels.matrices import is_power_of_two, sylvester_matrix
+from hadamard_kernels.matrices import is_power_of_two
+from hadamard_kernels.runtime import autotune_configs, bucket, launch
+from hadamard_kernels.signs import DEFAULT_SIGN_VECTOR, SignVector, as_sign_vector, random_sign_vector
 
-# -------------------------------------------------------------------------------------------------
-# Constants: sign vectors
-# -------------------------------------------------------------------------------------------------
-
-#: The 16-entry sign vector that NVFP4/FP8 training recipes use by default.
-DEFAULT_SIGN_VECTOR: tuple[int, ...] = (1, 1, 1, -1, 1, -1, -1, -1, -1, -1, -1, 1, -1, 1, -1, -1)
+__all__ = ["rht", "inverse_rht", "get_rht_matrix", "DEFAULT_SIGN_VECTOR", "random_sign_vector"]
 
 MIN_HADAMARD_DIMENSION = 2
 MAX_HADAMARD_DIMENSION = 256
 _SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-
-SignVector = Union[Sequence[int], Sequence[float], torch.Tensor]
-
-
-def random_sign_vector(n: int, seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                       device=None) -> torch.Tensor:
-    """A float32 tensor of n random +-1 entries on ``device``.
-
-    Reproducible: the same ``seed`` (or a generator in the same state) gives the same vector on every
-    device, because the draw always happens on a CPU generator (``generator`` must be a CPU generator).
-    With neither, torch's global CPU RNG is used.
-
-    Storing it with a checkpoint: the vector IS the transform, so save it, not the seed (the seed ->
-    vector mapping depends on torch's RNG). E.g. ``state["rht_signs"] = s.to(torch.int8).cpu()`` or,
-    for a JSON config, ``[int(v) for v in s]``; load it back and pass the tensor/list/tuple to
-    ``rht``/``rht_amax`` unchanged.
-    """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"random_sign_vector needs a positive int length, got {n!r}")
-    if seed is not None and generator is not None:
-        raise ValueError("pass either seed or generator, not both")
-    if seed is not None:
-        generator = torch.Generator(device="cpu")
-        generator.manual_seed(int(seed))
-    if generator is not None and generator.device.type != "cpu":
-        raise ValueError(f"random_sign_vector draws on a CPU generator, got one on {generator.device}")
-    bits = torch.randint(0, 2, (n,), generator=generator, dtype=torch.int64)
-    return (1 - 2 * bits).to(dtype=torch.float32, device=device)
-
-
-def _as_sign_tuple(sign_vector: SignVector) -> tuple[int, ...]:
-    if isinstance(sign_vector, torch.Tensor):
-        if sign_vector.dim() != 1:
-            raise ValueError(f"sign vector must be 1-D, got shape {tuple(sign_vector.shape)}")
-        values = sign_vector.detach().cpu().tolist()
-    elif isinstance(sign_vector, (tuple, list)):
-        values = list(sign_vector)
-    else:
-        raise TypeError(f"sign vector must be a tuple, list or 1-D tensor, got {type(sign_vector).__name__}")
-    out = []
-    for v in values:
-        if isinstance(v, bool) or v not in (1, -1):
-            raise ValueError(f"sign vector entries must be +1 or -1, got {v!r}")
-        out.append(int(v))
-    return tuple(out)
 
 
 def _check_dimension(d) -> int:
@@ -101,54 +57,31 @@ def _check_dimension(d) -> int:
     return d
 
 
-def _signs_for(sign_vector: SignVector, d: int) -> tuple[int, ...]:
-    signs = _as_sign_tuple(sign_vector)
-    if len(signs) != d:
-        raise ValueError(f"sign vector has {len(signs)} entries but hadamard_dimension is {d}")
-    return signs
+def _resolve_signs(sign_vector, hadamard_dimension) -> SignVector:
+    """The validated ``SignVector`` of length d = ``hadamard_dimension`` (ValueError/TypeError)."""
+    return as_sign_vector(sign_vector, _check_dimension(hadamard_dimension))
 
 
-@functools.lru_cache(maxsize=None)
-def _rht_matrix_f64(signs: tuple[int, ...]) -> torch.Tensor:
-    d = len(signs)
-    s = torch.tensor(signs, dtype=torch.float64)
-    return s[:, None] * sylvester_matrix(d, torch.float64) / math.sqrt(d)
+def _normalize_device(device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
-@functools.lru_cache(maxsize=None)
-def _rht_matrix_cached(signs: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return _rht_matrix_f64(signs).to(dtype=dtype, device=device)
-
-
-def get_rht_matrix(sign_vector: SignVector, device, dtype: torch.dtype = torch.bfloat16,
+def get_rht_matrix(sign_vector, device, dtype: torch.dtype = torch.bfloat16,
                    hadamard_dimension: int = 16) -> torch.Tensor:
     """The d x d RHT matrix ``diag(s) @ H_d / sqrt(d)`` in ``dtype`` on ``device`` (entries
     +-1/sqrt(d) rounded once from float64 to ``dtype``).
 
-    Cached (``functools.lru_cache``) on the sign tuple, device and dtype; lists and tensors are
-    converted to a tuple of ints first. The returned tensor is shared between callers: do not modify
-    it in place. ValueError when d is not a power of two in [2, 256], the sign vector length is not
-    d, or an entry is not +-1.
+    A fresh tensor on every call (a copy of the matrix cached on the ``SignVector``): the caller may
+    modify it without changing later results. ValueError when d is not a power of two in [2, 256],
+    the sign vector length is not d, or an entry is not +-1.
     """
-    d = _check_dimension(hadamard_dimension)
-    signs = _signs_for(sign_vector, d)
+    sv = _resolve_signs(sign_vector, hadamard_dimension)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"get_rht_matrix needs a floating dtype, got {dtype!r}")
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    return _rht_matrix_cached(signs, device, dtype)
-
-
-@functools.lru_cache(maxsize=None)
-def _pm1_cached(signs: tuple[int, ...], inverse: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """The unscaled +-1 (inverse) RHT matrix, diag(s) @ H_d (inverse: H_d @ diag(s)), in ``dtype``
-    (exact). The kernels multiply the fp32 product by 1/sqrt(d)."""
-    d = len(signs)
-    s = torch.tensor(signs, dtype=torch.float64)
-    h = sylvester_matrix(d, torch.float64)
-    m = h * s[None, :] if inverse else s[:, None] * h
-    return m.to(dtype=dtype, device=device).contiguous()
+    return sv.rht_matrix(_normalize_device(device), dtype).clone()
 
 
 # -------------------------------------------------------------------------------------------------
@@ -156,10 +89,10 @@ def _pm1_cached(signs: tuple[int, ...], inverse: bool, device: torch.device, dty
 # -------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _pm_matmul(a, b, scale, D: tl.constexpr, IS_FP32: tl.constexpr):
-    # (a @ b) * scale in fp32, one operand the [D, D] +-1 matrix (exact in the other's dtype, so one
-    # dot with fp32 accumulation is exact up to fp32 accumulation). Rows: a = x [R, D], b = M;
-    # columns: a = M^T, b = x [D, C]. Below D = 16 (tl.dot's minimum) a broadcast sum.
+def block_dot(a, b, D: tl.constexpr, IS_FP32: tl.constexpr):
+    # a @ b in fp32 for the RHT kernels (here and in rht_amax), one operand the [D, D] RHT matrix.
+    # bf16/fp16: one tl.dot with fp32 accumulation; fp32: tf32x3. Below D = 16 (tl.dot's minimum)
+    # a broadcast multiply + sum in fp32 registers.
     if D >= 16:
         if IS_FP32:
             y = tl.dot(a, b, input_precision="tf32x3")
@@ -167,7 +100,7 @@ def _pm_matmul(a, b, scale, D: tl.constexpr, IS_FP32: tl.constexpr):
             y = tl.dot(a, b)
     else:
         y = tl.sum(a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :], axis=1)
-    return y * scale
+    return y
 
 
 @triton.jit
@@ -185,7 +118,7 @@ def _rht_rows_kernel(x_ptr, y_ptr, m_ptr, scale, n_rows, size_bucket,
         offs = rows[:, None] * D + cols[None, :]
         mask = rows[:, None] < n_rows
         x = tl.load(x_ptr + offs, mask=mask, other=0.0)
-        y = _pm_matmul(x, m, scale, D, IS_FP32)
+        y = block_dot(x, m, D, IS_FP32) * scale
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -204,20 +137,20 @@ def _rht_cols_kernel(x_ptr, y_ptr, m_ptr, scale, n_inner, size_bucket,
         offs = b * D * n_inner + k[:, None].to(tl.int64) * n_inner + cols[None, :]
         mask = cols[None, :] < n_inner
         x = tl.load(x_ptr + offs, mask=mask, other=0.0)
-        y = _pm_matmul(mt, x, scale, D, IS_FP32)
+        y = block_dot(mt, x, D, IS_FP32) * scale
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-# Plain lists, easy to edit after a GPU run. Six each, so a new autotune key stays cheap to compile.
-# The prune hook keeps, per d, those whose fp32 [BLOCK, D] tile fits 64 registers per thread: d = 16
-# tries all six (tiles of 1-16K elements), d = 128 the first three, 64 fp32 values per thread
-# (BLOCK 64 / 4 warps, 128 / 8 warps, 256 / 16 warps). TILES > 1: one program loops over several
-# tiles (the d x d matrix is loaded once per program, not once per tile, and the loop pipelines the
-# loads: at d = 128 the bf16 matrix is 32 KiB, as large as a 128-row tile). The first entry is the
-# interpreter's (and LOWPREC_AUTOTUNE=first's) config: the smallest in shared memory (one stage, one
-# tile), because it is the only one such runs try; on an H200 the 3-stage 64-row tile overflowed
-# shared memory at d = 256 (bf16 rows) and d = 128 (columns). The full autotuner skips configs that
-# run out of resources. ``tests/hadamard_kernels/test_rht.py`` runs the TILES > 1 loop explicitly.
+# Plain lists, easy to edit after a GPU run. The prune hook keeps, per d, those whose fp32
+# [BLOCK, D] tile fits 64 registers per thread: d = 16 tries all of them (tiles of 1-16K elements),
+# d = 128 the first three, 64 fp32 values per thread (BLOCK 64 / 4 warps, 128 / 8 warps, 256 / 16
+# warps). TILES > 1: one program loops over several tiles (the d x d matrix is loaded once per
+# program, not once per tile, and the loop pipelines the loads: at d = 128 the bf16 matrix is 32 KiB,
+# as large as a 128-row tile). The first entry is the interpreter's (and LOWPREC_AUTOTUNE=first's)
+# config: the smallest in shared memory (one stage, one tile), because it is the only one such runs
+# try; on an H200 the 3-stage 64-row tile overflowed shared memory at d = 256 (bf16 rows) and d = 128
+# (columns). The full autotuner skips configs that run out of resources.
+# ``tests/hadamard_kernels/test_rht.py`` runs the TILES > 1 loop through the seam.
 RHT_ROWS_CONFIGS = [
     triton.Config({"BLOCK_R": br, "TILES": t}, num_warps=w, num_stages=s)
     for br, t, w, s in ((64, 1, 4, 1), (64, 4, 4, 3), (128, 4, 8, 3), (256, 2, 16, 2), (256, 1, 4, 3),
@@ -255,7 +188,7 @@ _rht_cols = triton.autotune(configs=autotune_configs(RHT_COLS_CONFIGS), key=["D"
 
 
 # -------------------------------------------------------------------------------------------------
-# Launcher
+# Validation and launcher (the seam)
 # -------------------------------------------------------------------------------------------------
 
 def _normalize_axis(axis, ndim: int) -> int:
@@ -266,7 +199,8 @@ def _normalize_axis(axis, ndim: int) -> int:
     return axis % ndim
 
 
-def _validate(x: torch.Tensor, d: int, axis: int, name: str) -> int:
+def _validate(x: torch.Tensor, d: int, axis, name: str) -> int:
+    """Cheap checks of x, d and axis (no device work); returns the normalized axis."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _SUPPORTED_DTYPES:
@@ -278,6 +212,9 @@ def _validate(x: torch.Tensor, d: int, axis: int, name: str) -> int:
     if x.shape[axis] % d:
         raise ValueError(f"{name}: size {x.shape[axis]} of axis {axis} (shape {tuple(x.shape)}) is not a "
                          f"multiple of hadamard_dimension={d}")
+    if x.dtype == torch.float32 and d > 128:
+        raise ValueError(f"{name} of float32 input supports hadamard_dimension <= 128, got {d}: the float32 "
+                         f"{d}x{d} matrix does not fit in shared memory (use bf16/fp16 input for d = 256)")
     return axis
 
 
@@ -285,38 +222,42 @@ def _size_bucket(numel: int) -> int:
     return bucket(numel).bit_length()
 
 
-def _rht_launch(x: torch.Tensor, signs: tuple[int, ...], d: int, axis: int, inverse: bool) -> torch.Tensor:
-    axis = _validate(x, d, axis, "inverse_rht" if inverse else "rht")
-    if x.dtype == torch.float32 and d > 128:
-        raise ValueError(f"rht of float32 input supports hadamard_dimension <= 128, got {d}: the float32 "
-                         f"{d}x{d} matrix does not fit in shared memory (use bf16/fp16 input for d = 256)")
+def _rht_launch(x: torch.Tensor, sv: SignVector, axis: int, inverse: bool,
+                config: "triton.Config | None" = None) -> torch.Tensor:
+    """The seam: RHT (or inverse) of x along ``axis`` with d = len(sv). x, sv and axis are validated
+    by the caller. ``config=None`` autotunes; a ``triton.Config`` (BLOCK_R or BLOCK_I, TILES, warps,
+    stages) launches exactly that config on the rows (axis last) or columns kernel."""
+    d = len(sv)
+    axis = axis % x.dim()
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     if x.numel() == 0:
         return y
     xc = x.contiguous()
     inner = math.prod(x.shape[axis + 1:])
-    m = _pm1_cached(signs, inverse, x.device, x.dtype)
-    scale = 1.0 / math.sqrt(d)
-    is_fp32 = x.dtype == torch.float32
+    m = sv.pm1_matrix(inverse, x.device, x.dtype)  # cached on sv, never handed to callers
+    consts = dict(D=d, IS_FP32=x.dtype == torch.float32)
     sb = _size_bucket(x.numel())
+    scale = 1.0 / math.sqrt(d)
     if inner == 1:
         n_rows = x.numel() // d
         grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_R"] * meta["TILES"]),)  # noqa: E731
-        _rht_rows[grid](xc, y, m, scale, n_rows, sb, D=d, IS_FP32=is_fp32)
+        launch(_rht_rows, grid, (xc, y, m, scale, n_rows, sb), consts, config)
     else:
         n_blocks = x.numel() // (d * inner)
         grid = lambda meta: (n_blocks, triton.cdiv(inner, meta["BLOCK_I"] * meta["TILES"]))  # noqa: E731
-        _rht_cols[grid](xc, y, m, scale, inner, sb, D=d, IS_FP32=is_fp32)
+        launch(_rht_cols, grid, (xc, y, m, scale, inner, sb), consts, config)
     return y
 
 
 # -------------------------------------------------------------------------------------------------
-# Custom ops
+# Custom op (torch.compile, autograd recording, torch.ops.hadamard_kernels.rht)
 # -------------------------------------------------------------------------------------------------
 
 @torch.library.custom_op("hadamard_kernels::rht", mutates_args=())
 def _rht_op(x: torch.Tensor, signs: list[int], axis: int, inverse: bool) -> torch.Tensor:
-    return _rht_launch(x, tuple(signs), len(signs), axis, inverse)
+    sv = as_sign_vector(signs, name="signs")  # a list: checked in Python, cached per tuple
+    axis = _validate(x, len(sv), axis, "inverse_rht" if inverse else "rht")  # the op is callable directly
+    return _rht_launch(x, sv, axis, inverse)
 
 
 @_rht_op.register_fake
@@ -329,24 +270,29 @@ def _(x, signs, axis, inverse):
 # Public functions
 # -------------------------------------------------------------------------------------------------
 
-def rht(x: torch.Tensor, sign_vector: SignVector = DEFAULT_SIGN_VECTOR, hadamard_dimension: int = 16,
+def _rht_public(x, sign_vector, hadamard_dimension, axis, inverse: bool) -> torch.Tensor:
+    sv = _resolve_signs(sign_vector, hadamard_dimension)
+    axis = _validate(x, len(sv), axis, "inverse_rht" if inverse else "rht")
+    if torch.compiler.is_compiling() or (x.requires_grad and torch.is_grad_enabled()):
+        return _rht_op(x, list(sv.values), axis, inverse)
+    return _rht_launch(x, sv, axis, inverse)
+
+
+def rht(x: torch.Tensor, sign_vector=DEFAULT_SIGN_VECTOR, hadamard_dimension: int = 16,
         axis: int = -1) -> torch.Tensor:
     """RHT of each consecutive block of d = ``hadamard_dimension`` elements along ``axis``:
     block @ diag(s) @ H_d / sqrt(d), computed in fp32 and rounded once to x's dtype.
 
-    x: bf16, fp16 or fp32, any shape; ``x.shape[axis]`` a multiple of d. The output is contiguous
-    (a non-contiguous x is copied to a contiguous one first).
+    x: bf16, fp16 or fp32 (fp32: d <= 128), any shape; ``x.shape[axis]`` a multiple of d. The output
+    is contiguous (a non-contiguous x is copied to a contiguous one first). ``sign_vector``: a
+    ``SignVector``, tensor, list or tuple of d entries, each +1 or -1 (ValueError otherwise); a
+    tensor is read to the host once per tensor version, a ``SignVector`` never.
     """
-    d = _check_dimension(hadamard_dimension)
-    signs = _signs_for(sign_vector, d)
-    _validate(x, d, axis, "rht")
-    return _rht_op(x, list(signs), axis, False)
+    return _rht_public(x, sign_vector, hadamard_dimension, axis, False)
 
 
-def inverse_rht(x: torch.Tensor, sign_vector: SignVector = DEFAULT_SIGN_VECTOR, hadamard_dimension: int = 16,
+def inverse_rht(x: torch.Tensor, sign_vector=DEFAULT_SIGN_VECTOR, hadamard_dimension: int = 16,
                 axis: int = -1) -> torch.Tensor:
-    """Inverse of ``rht``: each block y -> y @ H_d @ diag(s) / sqrt(d) (fp32 math, one rounding)."""
-    d = _check_dimension(hadamard_dimension)
-    signs = _signs_for(sign_vector, d)
-    _validate(x, d, axis, "inverse_rht")
-    return _rht_op(x, list(signs), axis, True)
+    """Inverse of ``rht``: each block y -> y @ H_d @ diag(s) / sqrt(d) (fp32 math, one rounding).
+    Same arguments as ``rht``."""
+    return _rht_public(x, sign_vector, hadamard_dimension, axis, True)

@@ -4,7 +4,9 @@
 #            (neither is timed; the warm-up fills Triton's on-disk kernel cache);
 #   phase 2: the timed tour, one suite at a time, each writing benchmarks/results/<TAG>_<suite>.*
 # Logs and results are packed into $OUT/results.tgz after every step, so a timeout loses nothing done.
-# env: TAG (default final), SUITES, RUN_TESTS (default 1), TEST_TIMEOUT, WARM_TIMEOUT, LOWPREC_COMMIT (the tree has no .git)
+# env: TAG (default final), SUITES, RUN_TESTS (default 1), WARM (default 1), TIMED (default 1), TEST_TIMEOUT,
+#      WARM_TIMEOUT, LOWPREC_COMMIT (the tree has no .git). A round that does not fit one command's time
+#      limit is split: RUN_TESTS=1 TIMED=0 first, then RUN_TESTS=0 WARM=0 on the still-warm machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu_out}"
@@ -28,14 +30,16 @@ else
   true & test_pid=$!
 fi
 warm_pids=()
-for s in $SUITES; do
+[ "${WARM:-1}" = 1 ] || SUITES_WARM=""
+for s in ${SUITES_WARM-$SUITES}; do
   PYTHONPATH="$BENCH_PATH" timeout "${WARM_TIMEOUT:-170}" python3 -m benchmarks --suite "$s" --no-write \
     > "logs/warm_$s.log" 2>&1 &
   warm_pids+=($!)
 done
 wait "$test_pid"; echo "tests rc=$?" | tee -a logs/summary.txt
-wait "${warm_pids[@]}"
+[ ${#warm_pids[@]} -gt 0 ] && wait "${warm_pids[@]}"
 pack
+[ "${TIMED:-1}" = 1 ] || exit 0
 
 for s in $SUITES; do
   case $s in hadamard) t=150 ;; attention) t=120 ;; fp8_quant) t=150 ;; *) t=75 ;; esac

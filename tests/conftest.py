@@ -6,7 +6,7 @@
 - ``nan_empty``: outputs filled with NaN (or a sentinel for non-float dtypes) so unwritten
   elements fail; every ``torch.empty``/``torch.empty_like`` made during a test is poisoned the same
   way (autouse fixture), which covers the outputs the library allocates itself.
-- On a GPU, ``LOWPREC_AUTOTUNE=first`` (see ``hadamard_kernels/_triton_utils.py``).
+- On a GPU, ``LOWPREC_AUTOTUNE=first`` (see ``hadamard_kernels/runtime.py``).
 - Markers ``cuda``, ``fa3``, ``fa4``: such tests skip with a reason where the hardware or the
   provider is missing.
 """

@@ -1,4 +1,4 @@
-"""The interpreter shim (hadamard_kernels/_interpreter_fixes.py) against torch's casts, bit for bit,
+"""The interpreter shim (hadamard_kernels/interpreter_fixes.py) against torch's casts, bit for bit,
 and against the compiled GPU kernels' saturation; plus canaries that fail once upstream Triton fixes
 the bugs, so the shim can be dropped."""
 
@@ -7,11 +7,11 @@ import torch
 import triton
 import triton.language as tl
 
-from hadamard_kernels import _triton_utils
-from hadamard_kernels import _interpreter_fixes
+from hadamard_kernels import runtime
+from hadamard_kernels import interpreter_fixes
 from tests.conftest import DEVICE
 
-interpreter_only = pytest.mark.skipif(not _triton_utils.is_interpreter(),
+interpreter_only = pytest.mark.skipif(not runtime.is_interpreter(),
                                       reason="checks the interpreter shim; compiled kernels do not use it")
 
 
@@ -133,7 +133,7 @@ def test_dot_16bit_operands_accumulate_in_fp32(dtype, gen):
 @interpreter_only
 def test_upstream_interpreter_still_rounds_fp8_wrongly():
     x = _fp32_sample("cpu")
-    with _interpreter_fixes.unfixed():
+    with interpreter_fixes.unfixed():
         _, _, fp8 = _casts(x)
     wrong = (_bits(fp8) != _bits(_fp8_reference(x))).sum().item()
     assert wrong > 0, "upstream Triton now casts to e4m3 like the GPU: drop that part of the shim"
@@ -142,7 +142,7 @@ def test_upstream_interpreter_still_rounds_fp8_wrongly():
 @interpreter_only
 def test_upstream_interpreter_still_truncates_bf16():
     x = _fp32_sample("cpu")
-    with _interpreter_fixes.unfixed():
+    with interpreter_fixes.unfixed():
         bf, _, _ = _casts(x)
     wrong = (_bits(bf) != _bits(x.to(torch.bfloat16))).sum().item()
     assert wrong > 0, "upstream Triton now rounds fp32 -> bf16 to nearest even: drop that part of the shim"
@@ -153,7 +153,7 @@ def test_upstream_interpreter_still_multiplies_bf16_bit_patterns():
     a = torch.randn(16, 16).to(torch.bfloat16)
     b = torch.randn(16, 16).to(torch.bfloat16)
     c = torch.empty(16, 16)
-    with _interpreter_fixes.unfixed():
+    with interpreter_fixes.unfixed():
         _dot_kernel[(1,)](a, b, c, M=16, N=16, K=16)
     err = (c - a.float() @ b.float()).abs().max().item()
     assert err > 1.0, "upstream Triton's interpreter now does bf16 tl.dot right: drop that part of the shim"
@@ -194,6 +194,6 @@ def test_upstream_interpreter_still_fails_runtime_loop_bounds():
         pytest.skip("this numpy still converts 1-element arrays with int(): the bug does not show")
     x = torch.randn(5, 64)
     y = torch.empty(64)
-    with _interpreter_fixes.unfixed():
+    with interpreter_fixes.unfixed():
         with pytest.raises(Exception, match="0-dimensional|converted"):
             _runtime_loop_kernel[(1,)](x, y, 5, BLOCK=64)

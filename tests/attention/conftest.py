@@ -22,7 +22,11 @@ def fast_quant(monkeypatch):
     from fp8_quant import QuantizedQKV
     from fp8_quant.reference import quantize_qkv_reference
 
+    from hadamard_kernels.signs import SignVector
+
     def quantize(q, k, v, **kw):
+        if isinstance(kw.get("sign_vector"), SignVector):  # the reference takes a tensor
+            kw["sign_vector"] = kw["sign_vector"].tensor(q.device)
         return QuantizedQKV(*quantize_qkv_reference(q, k, v, **kw))
 
     monkeypatch.setattr(sdpa, "quantize_qkv", quantize)

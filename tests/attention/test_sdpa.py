@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from attention import AttentionBackend, HadamardMode, fp8_rope_sdpa, fp8_sdpa
+from attention.sdpa import _fp8_sdpa_impl
 from attention.reference import rmse, rope_reference, sdpa_reference, sqnr_db
 from tests.attention.conftest import randn
 from tests.conftest import DEVICE
@@ -102,7 +103,7 @@ def test_fp16_non_contiguous_and_scale(gen, fast_quant):
     out = fp8_sdpa(q, k, v, scale=0.05, backend=REF)
     assert out.dtype == torch.float16 and out.shape == (1, 3, 40, 128)
     assert sqnr_db(out, sdpa_reference(q, k, v, scale=0.05)) >= 24.0
-    other = fp8_sdpa(q, k, v, scale=0.05, backend=REF, _quant_layout="BHSD")  # the benchmark's variant
+    other = _fp8_sdpa_impl(q, k, v, False, 0.05, REF, HadamardMode.NONE, None, quant_layout="BHSD")  # bench variant
     assert torch.equal(other, out)
 
 
@@ -168,6 +169,31 @@ def test_refusals(case, match):
         q = q[0]
     with pytest.raises(ValueError, match=match):
         fp8_sdpa(q, k, k, backend=REF, **kw)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (torch.zeros(64), "must be \\+1 or -1"), (torch.full((64,), 2.0), "must be \\+1 or -1"),
+    (torch.ones(32), "has 32 entries"), ([1, -1] * 16, "has 32 entries"), ("ones", "SignVector, tuple, list"),
+])
+def test_sign_vector_refusals(bad, match):
+    """Every entry must be +-1 and the length D; before, zeros returned an all-zero output and 2s a
+    relative error of 5.5, with no error raised."""
+    q = torch.randn(1, 2, 8, 64, device=DEVICE, dtype=torch.bfloat16)
+    with pytest.raises((ValueError, TypeError), match=match):
+        fp8_sdpa(q, q, q, backend=REF, hadamard="qkv", sign_vector=bad)
+
+
+def test_sign_vector_forms_agree(gen, fast_quant):
+    """A tensor, a list, a tuple and a SignVector of the same signs give the same output."""
+    from hadamard_kernels.signs import SignVector
+
+    q, k, v = (randn(gen, 1, 2, 16, 64) for _ in range(3))
+    signs = torch.where(torch.rand(64, generator=gen, device=DEVICE) < 0.5, -1.0, 1.0)
+    as_list = [int(x) for x in signs.tolist()]
+    outs = [fp8_sdpa(q, k, v, backend=REF, hadamard="qkv", sign_vector=s)
+            for s in (signs, as_list, tuple(as_list), SignVector(as_list))]
+    for o in outs[1:]:
+        assert torch.equal(o, outs[0])
 
 
 def test_no_backend_is_an_error_not_a_fallback():

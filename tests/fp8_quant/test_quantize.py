@@ -9,13 +9,20 @@ apart), and only where RoPE/Hadamard are on; without them equality is exact.
 
 from __future__ import annotations
 
+import ast
+import inspect
 import math
 
 import pytest
 import torch
+import triton
 
+import fp8_quant
 from fp8_quant import HadamardMode, QuantizedQKV, dequantize_per_head, quantize_per_head, quantize_qkv
+from fp8_quant import kernels as K
 from fp8_quant import reference as R
+from fp8_quant.quantize import QuantSpec
+from hadamard_kernels.signs import SignVector, as_sign_vector
 
 ON_GPU = torch.cuda.is_available()
 F8 = torch.float8_e4m3fn
@@ -148,7 +155,7 @@ GPU_CASES = [
 ]
 
 
-def _run_case(case, gen, device, dtype=torch.bfloat16, impl="auto"):
+def _run_case(case, gen, device, dtype=torch.bfloat16):
     b, hq, hkv, sq, skv, d, layout, rope, compact, mode, signed = case
     q, k, v = make_qkv(b, hq, hkv, sq, skv, d, layout, gen, device, dtype)
     cos = sin = None
@@ -159,7 +166,7 @@ def _run_case(case, gen, device, dtype=torch.bfloat16, impl="auto"):
     if signed:
         sign = (torch.randint(0, 2, (d,), generator=gen, device=device) * 2 - 1).to(torch.float32)
     res = quantize_qkv(q, k, v, layout=layout, cos=cos, sin=sin, rope_interleaved=interleaved,
-                       hadamard=mode, sign_vector=sign, _impl=impl)
+                       hadamard=mode, sign_vector=sign)
     check_qkv(res, q, k, v, layout=layout, cos=cos, sin=sin, interleaved=interleaved, mode=mode, sign=sign)
 
 
@@ -168,28 +175,11 @@ def test_quantize_qkv_matches_reference(case, gen, device):
     _run_case(case, gen, device)
 
 
-@pytest.mark.parametrize("case", CPU_CASES[:8:2] + [CPU_CASES[5]], ids=lambda c: "-".join(map(str, c)))
-def test_persistent_matches_reference(case, gen, device):
-    # Under the interpreter the persistent design runs one program (all amax items, then all quantize
-    # items: its lookahead covers every group); the GPU tests run the co-resident grid with its arrival
-    # counters, lookahead and L2 re-reads.
-    _run_case(case, gen, device, impl="persistent")
-
-
-@pytest.mark.parametrize("case", [CPU_CASES[1], CPU_CASES[5], CPU_CASES[6]], ids=lambda c: "-".join(map(str, c)))
-def test_single_read_matches_reference(case, gen, device):
-    # Under the interpreter the single-read design runs one persistent program (programs run one after
-    # another there, so a spin-wait across programs could never finish); the GPU test below runs the
-    # real co-resident grid with its atomics and arrival counters.
-    _run_case(case, gen, device, impl="single-read")
-
-
 @pytest.mark.cuda
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "-".join(map(str, c)))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("impl", ["two-pass", "persistent", "single-read"])
-def test_quantize_qkv_matches_reference_gpu(case, dtype, impl, gen, device):
-    _run_case(case, gen, device, dtype, impl)
+def test_quantize_qkv_matches_reference_gpu(case, dtype, gen, device):
+    _run_case(case, gen, device, dtype)
 
 
 def test_fp16_and_cos_sin_dtype(gen, device):
@@ -235,7 +225,8 @@ def test_quantize_per_head_many_chunks(layout, chunk, gen, device):
     # S = 150 is not a multiple of any chunk; group_size 2 spreads a group over 2 heads x several chunks
     shape = (2, 4, 150, 64) if layout == "BHSD" else (2, 150, 4, 64)
     x = make(shape, gen, device)
-    y, ds = quantize_per_head(x, 2, layout=layout, _chunk_s=chunk)
+    outs, dss = K.quantize_launch([x], 2, None, None, QuantSpec(layout=layout), chunk_s=chunk)  # the seam
+    y, ds = outs[0], dss[0]
     want, want_ds = R.quantize_per_head_reference(x, 2, layout=layout)
     assert ds.shape == (2, 2)
     assert torch.equal(ds, want_ds)
@@ -255,16 +246,19 @@ def test_quantize_per_head_many_chunks(layout, chunk, gen, device):
 def test_quantize_per_head_bad_chunk(chunk, gen, device):
     # the kernels' row blocks are >= 32 rows: a smaller or non-power-of-two chunk is refused before launch
     x = make((1, 2, 70, 64), gen, device)
-    with pytest.raises(ValueError, match="_chunk_s"):
-        quantize_per_head(x, 1, _chunk_s=chunk)
+    with pytest.raises(ValueError, match="chunk_s"):
+        K.quantize_launch([x], 1, None, None, QuantSpec(), chunk_s=chunk)
 
 
 def test_quantize_per_head_rope_hadamard(gen, device):
     x = make((1, 2, 70, 64), gen, device)
     cos, sin = make_cos_sin(70, 64, gen, device, True, True)
     s = (torch.randint(0, 2, (64,), generator=gen, device=device) * 2 - 1).float()
-    y, ds = quantize_per_head(x, 1, cos=cos, sin=sin, rope_interleaved=True, hadamard=True, sign_vector=s,
-                              _chunk_s=32)
+    spec = QuantSpec(rope=True, interleaved=True, compact_cs=True, had_qk=True, signs=as_sign_vector(s))
+    outs, dss = K.quantize_launch([x], 1, cos, sin, spec, chunk_s=32)  # the seam
+    y, ds = outs[0], dss[0]
+    y2, ds2 = quantize_per_head(x, 1, cos=cos, sin=sin, rope_interleaved=True, hadamard=True, sign_vector=s)
+    assert torch.equal(ds2, ds) and torch.equal(y2.view(torch.uint8), y.view(torch.uint8))
     want, want_ds = R.quantize_per_head_reference(x, 1, cos=cos, sin=sin, rope_interleaved=True,
                                                   hadamard=True, sign_vector=s)
     assert torch.equal(ds, want_ds)
@@ -301,15 +295,14 @@ def test_zero_and_tiny_heads(gen, device):
     check_qkv(res, q, k, v, layout="BHSD", mode="qkv")
 
 
-@pytest.mark.parametrize("impl", ["two-pass", "persistent", "single-read"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_non_finite_policy(bad, impl, gen, device):
+def test_non_finite_policy(bad, gen, device):
     """A NaN or Inf in a (batch, group) makes its descale NaN / inf and its whole payload NaN;
     other groups are unaffected and exact."""
     q, k, v = make_qkv(2, 4, 2, 40, 40, 64, "BHSD", gen, device)
     q[1, 2, 5, 7] = bad  # batch 1, group 1
     v[0, 1, 30, 3] = bad
-    res = quantize_qkv(q, k, v, _impl=impl)
+    res = quantize_qkv(q, k, v)
     want_ds = float("nan") if math.isnan(bad) else math.inf
     for ds, pos in ((res.q_descale, (1, 1)), (res.v_descale, (0, 1))):
         got = ds[pos].item()
@@ -414,7 +407,7 @@ def test_bad_per_head_inputs(device):
 def test_custom_ops_opcheck(gen, device):
     q, k, v = make_qkv(1, 2, 1, 33, 33, 64, "BHSD", gen, device)
     torch.library.opcheck(torch.ops.fp8_quant.quantize_qkv.default,
-                          (q, k, v, "BHSD", None, None, False, "qkv", None, "auto"),
+                          (q, k, v, "BHSD", None, None, False, True, True, None, None),
                           test_utils=("test_schema", "test_faketensor"))
     torch.library.opcheck(torch.ops.fp8_quant.quantize_per_head.default,
                           (q, 2, "BHSD", None, None, False, False, None, None),
@@ -439,11 +432,10 @@ def test_torch_compile_fullgraph(gen, device):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("impl", ["two-pass", "persistent", "single-read"])
-def test_cuda_graph_capture(impl, gen, device):
+def test_cuda_graph_capture(gen, device):
     q, k, v = make_qkv(1, 8, 2, 1000, 1000, 128, "BHSD", gen, device)
     cos, sin = make_cos_sin(1000, 128, gen, device, False, False)
-    kw = dict(cos=cos, sin=sin, hadamard="qkv", _impl=impl)
+    kw = dict(cos=cos, sin=sin, hadamard="qkv")
     want = quantize_qkv(q, k, v, **kw)  # also warms the autotuner outside the capture
     torch.cuda.synchronize()
     g = torch.cuda.CUDAGraph()
@@ -479,3 +471,101 @@ def test_torch_compile_sees_the_custom_ops(gen, device):
     want = f(q, k, v)
     for a, b in zip(got, want):
         assert torch.equal(a.view(torch.uint8) if a.dtype == F8 else a, b.view(torch.uint8) if b.dtype == F8 else b)
+
+
+# ---------------------------------------------------------------------------------------------
+# sign vectors, the seam, kernel signatures
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", ["zeros", "twos", "short", "long"])
+@pytest.mark.parametrize("fn", ["qkv", "per_head"])
+def test_bad_sign_vector(bad, fn, device):
+    # entries must be +-1 and the length D: zeros used to give an all-zero payload, 2s garbage
+    d = 64
+    q = torch.ones(1, 2, 8, d, dtype=torch.bfloat16, device=device)
+    sign = {"zeros": torch.zeros(d, device=device), "twos": torch.full((d,), 2.0, device=device),
+            "short": torch.ones(d - 1, device=device), "long": [1] * (2 * d)}[bad]
+    with pytest.raises(ValueError, match="sign" if bad in ("short", "long") else r"\+1 or -1"):
+        if fn == "qkv":
+            quantize_qkv(q, q, q, hadamard="qkv", sign_vector=sign)
+        else:
+            quantize_per_head(q, 1, hadamard=True, sign_vector=sign)
+
+
+def test_sign_vector_forms_agree(gen, device):
+    # a list, a tuple and a SignVector give the payload of the tensor
+    d = 64
+    q, k, v = make_qkv(1, 2, 1, 33, 40, d, "BHSD", gen, device)
+    s = (torch.randint(0, 2, (d,), generator=gen, device=device) * 2 - 1).float()
+    want = quantize_qkv(q, k, v, hadamard="qkv", sign_vector=s)
+    check_qkv(want, q, k, v, layout="BHSD", mode="qkv", sign=s)
+    values = [int(x) for x in s.tolist()]
+    for form in (values, tuple(values), SignVector(values), s.to(torch.int8)):
+        got = quantize_qkv(q, k, v, hadamard="qkv", sign_vector=form)
+        for a, b in zip(got, want):
+            assert torch.equal(a.view(torch.uint8) if a.dtype == F8 else a, b.view(torch.uint8) if b.dtype == F8 else b)
+    y, ds = quantize_per_head(v, 1, hadamard=True, sign_vector=tuple(values))
+    y2, ds2 = quantize_per_head(v, 1, hadamard=True, sign_vector=s)
+    assert torch.equal(ds, ds2) and torch.equal(y.view(torch.uint8), y2.view(torch.uint8))
+
+
+def test_seam_forced_config(gen, device):
+    # the seam launches both kernels with exactly the given config; same bytes as the autotuned launch
+    q, k, v = make_qkv(1, 4, 2, 100, 70, 64, "BSHD", gen, device)
+    cos, sin = make_cos_sin(100, 64, gen, device, False, True)
+    spec = QuantSpec(layout="BSHD", rope=True, compact_cs=True, had_qk=True, had_v=True)
+    cfg = triton.Config({"BLOCK_S": 64}, num_warps=4, num_stages=2)
+    outs, ds = K.quantize_launch([q, k, v], 2, cos, sin, spec, chunk_s=64, config=cfg)
+    check_qkv(QuantizedQKV(*outs, *ds), q, k, v, layout="BSHD", cos=cos, sin=sin, mode="qkv")
+    with pytest.raises(ValueError, match="BLOCK_S"):
+        K.quantize_launch([q, k, v], 2, cos, sin, spec, chunk_s=32, config=cfg)
+
+
+def _jit_functions():
+    tree = ast.parse(inspect.getsource(K))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and any(
+                "jit" in ast.unparse(dec) for dec in node.decorator_list):
+            yield node
+
+
+def test_jit_functions_take_at_most_24_parameters():
+    # Triton's launch cost grows with the argument count: tuples (one parameter) carry pointer + strides
+    found = list(_jit_functions())
+    assert {f.name for f in found} >= {"_qkv_amax_kernel", "_qkv_quant_kernel"}
+    for f in found:
+        n = len(f.args.posonlyargs) + len(f.args.args) + len(f.args.kwonlyargs)
+        assert n <= 24, f"{f.name} takes {n} parameters"
+    # no other module of the package defines kernels
+    for mod in ("quantize", "reference"):
+        src = inspect.getsource(getattr(fp8_quant, mod) if hasattr(fp8_quant, mod) else __import__(
+            f"fp8_quant.{mod}", fromlist=[mod]))
+        assert "@triton.jit" not in src
+
+
+def test_public_functions_have_no_private_knobs():
+    for fn in (quantize_qkv, quantize_per_head, dequantize_per_head):
+        assert not [p for p in inspect.signature(fn).parameters if p.startswith("_")], fn
+
+
+def test_torch_compile_with_sign_vectors(gen, device):
+    # under torch.compile the sign vector reaches the custom op as a tensor: a tensor as given, a
+    # list/tuple/SignVector as its cached copy; both validated, same bytes as eager
+    d = 64
+    q, k, v = make_qkv(1, 2, 1, 33, 33, d, "BHSD", gen, device)
+    s = (torch.randint(0, 2, (d,), generator=gen, device=device) * 2 - 1).float()
+    sv = SignVector([int(x) for x in s.tolist()])
+
+    def f(q, k, v, s):
+        r = quantize_qkv(q, k, v, hadamard="qkv", sign_vector=s)
+        y, ds = quantize_per_head(q, 2, hadamard=True, sign_vector=s)
+        return r.q, r.v, r.q_descale, y, ds
+
+    want = f(q, k, v, s)
+    torch._dynamo.reset()
+    for form in (s, sv, [int(x) for x in s.tolist()]):
+        got = torch.compile(f, fullgraph=True, backend="aot_eager")(q, k, v, form)
+        for a, b in zip(got, want):
+            assert torch.equal(a.view(torch.uint8) if a.dtype == F8 else a, b.view(torch.uint8) if b.dtype == F8 else b)
+    with pytest.raises(Exception, match=r"\+1 or -1"):
+        torch.compile(f, fullgraph=True, backend="aot_eager")(q, k, v, torch.zeros(d, device=device))

@@ -71,12 +71,17 @@ def test_pow2_accuracy(impl, n, float_dtype, gen, device):
 def test_k_accuracy(impl, k, p, float_dtype, gen, device, monkeypatch):
     n = k * p
     x = _randn((_rows(n), n), float_dtype, gen, device)
-    monkeypatch.setattr(H, "DEFAULT_IMPL", impl)
     if impl == "matmul" and k == 40 and p == 1024:
         with pytest.raises(ValueError, match="matmul kernel"):
             H.matmul_hadamard(x, 0.5, hadamard_k_matrix(40, device=device))
-        # the public function falls back to the butterfly there
-    out = K_FUNCS[k](x, 0.5)
+        # the public function falls back to the butterfly there, whatever the table says
+        monkeypatch.setitem(H.DISPATCH_K, (k, n, float_dtype), "matmul")
+        assert H._pick(n, k, float_dtype) == "butterfly"
+        out = K_FUNCS[k](x, 0.5)
+    else:
+        out = H._launch(x, 0.5, hadamard_k_matrix(k, device=device), impl)  # the seam forces the kernel
+        if impl == H._pick(n, k, float_dtype):  # the public function runs the same kernel
+            assert torch.equal(K_FUNCS[k](x, 0.5), out)
     ref = hadamard_transform_ref(x, 0.5, k=k)
     err, bound = rel_rms(out, ref), _bound(ref, float_dtype, p, k)
     assert err <= bound, f"{impl} K={k} n={n} {float_dtype}: rel rms {err:.3g} > bound {bound:.3g}"
@@ -202,7 +207,7 @@ def test_public_dispatch_matches_kernels(gen, device, monkeypatch):
 @pytest.mark.parametrize("impl", ["butterfly", "matmul"])
 @pytest.mark.parametrize("k", [1, 12])
 def test_backward(impl, k, gen, device, monkeypatch):
-    monkeypatch.setattr(H, "DEFAULT_IMPL", impl)
+    monkeypatch.setattr(H, "_pick", lambda n, k, dtype: impl)  # the public function's kernel choice
     n = 64 if k == 1 else 12 * 8
     hk = None if k == 1 else -hadamard_k_matrix(12).flip(1)  # non-symmetric H_K: backward uses H_K^T
     x = _randn((3, 2, n), torch.float32, gen, device).requires_grad_(True)
@@ -268,9 +273,50 @@ def test_public_graph_capture(gen):
 @pytest.mark.parametrize("impl", ["butterfly", "matmul"])
 @pytest.mark.parametrize("n", [2, 16, 1024])
 def test_row_pointer_variant(impl, n, gen, device):
-    # contiguous rows normally take the flat 1-d load/store path; the row-pointer path must agree
-    x = _randn((9, n), torch.bfloat16, gen, device)
+    # contiguous rows take the flat 1-d load/store path; rows that are not N apart (last dim
+    # contiguous) take the row-pointer path, read in place: both must agree
+    base = _randn((9, 2 * n), torch.bfloat16, gen, device)
+    x = base[:, n:]
+    xr, m, r1, s0, s1 = H._as_rows(x)
+    assert xr.data_ptr() == x.data_ptr() and (m, r1, s0) == (9, 1, 2 * n)
     ref = hadamard_transform_ref(x, 0.5)
-    out = H._launch(x, 0.5, None, impl, flat=False)
+    out = H._launch(x, 0.5, None, impl)
     assert rel_rms(out, ref) <= _bound(ref, torch.bfloat16, n)
-    assert torch.equal(out, KERNELS[impl](x, 0.5))
+    assert torch.equal(out, KERNELS[impl](x.contiguous(), 0.5))
+
+
+@pytest.mark.parametrize("impl", ["butterfly", "matmul"])
+def test_launch_with_config(impl, gen, device):
+    # the seam launches exactly the config it is given, for every config of the kernel's list
+    configs = H._BUTTERFLY_CONFIGS if impl == "butterfly" else H._MATMUL_CONFIGS
+    x = _randn((37, 256), torch.bfloat16, gen, device)
+    x12 = _randn((5, 12 * 16), torch.float32, gen, device)
+    hk = hadamard_k_matrix(12, device=device)
+    ref, ref12 = hadamard_transform_ref(x, 0.5), hadamard_transform_ref(x12, 0.5, k=12)
+    want, want12 = KERNELS[impl](x, 0.5), KERNELS[impl](x12, 0.5, hk)
+    for config in configs:
+        out, out12 = H._launch(x, 0.5, None, impl, config=config), H._launch(x12, 0.5, hk, impl, config=config)
+        assert rel_rms(out, ref) <= _bound(ref, torch.bfloat16, 256)
+        assert rel_rms(out12, ref12) <= _bound(ref12, torch.float32, 16, 12)
+        if impl == "butterfly":  # the same fp32 additions whatever the tile (a dot's may differ)
+            assert torch.equal(out, want) and torch.equal(out12, want12)
+    with pytest.raises(ValueError, match="kernel"):
+        H._launch(x, 0.5, None, "dense")
+
+
+def test_eager_skips_custom_op(gen, device, monkeypatch):
+    # eager calls launch directly; autograd recording goes through the custom op (backward)
+    x = _randn((3, 64), torch.float32, gen, device)
+    want = H.hadamard_transform(x, 0.5)
+    calls = []
+    for name, op in list(H._OPS.items()):
+        monkeypatch.setitem(H._OPS, name, lambda *a, op=op: calls.append(1) or op(*a))
+    for fn in (lambda t: H.hadamard_transform(t, 0.5), lambda t: H.butterfly_hadamard(t, 0.5),
+               lambda t: H.matmul_hadamard(t, 0.5), lambda t: H.hadamard_transform_12N(t[:, :48], 0.5)):
+        fn(x)
+        with torch.no_grad():
+            fn(x.clone().requires_grad_(True))
+    assert calls == []
+    y = H.hadamard_transform(x.clone().requires_grad_(True), 0.5)
+    assert calls == [1] and y.grad_fn is not None
+    torch.testing.assert_close(y.detach(), want, rtol=0, atol=0)

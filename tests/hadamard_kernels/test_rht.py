@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
 import torch
 
-from hadamard_kernels import DEFAULT_SIGN_VECTOR, get_rht_matrix, inverse_rht, random_sign_vector, rht
+from hadamard_kernels import DEFAULT_SIGN_VECTOR, get_rht_matrix, inverse_rht, random_sign_vector, rht, rht_amax
+from hadamard_kernels import signs as signs_mod
 from hadamard_kernels.matrices import sylvester_matrix
-from hadamard_kernels.reference import rel_rms, rht_ref, rounding_bound
+from hadamard_kernels.reference import rel_rms, rht_amax_contract, rht_ref, rounding_bound
+from hadamard_kernels.signs import SignVector, rht_matrix_f64
+
+# the package exports the function ``rht``, which shadows the module of the same name
+rht_mod = importlib.import_module("hadamard_kernels.rht")
 
 
 def _bound(ref: torch.Tensor, dtype: torch.dtype, d: int) -> float:
@@ -41,12 +47,35 @@ def test_rht_matrix_is_diag_s_h_over_sqrt_d(d, device):
     assert torch.equal(mb.cpu(), expect.to(torch.bfloat16))
 
 
-def test_rht_matrix_cached_on_hashable_signs(device):
+def test_rht_matrix_same_for_every_sign_vector_form(device):
     a = get_rht_matrix(DEFAULT_SIGN_VECTOR, device)
     b = get_rht_matrix(list(DEFAULT_SIGN_VECTOR), device)
     c = get_rht_matrix(torch.tensor(DEFAULT_SIGN_VECTOR, dtype=torch.float32), device)
-    assert a is b and b is c
+    e = get_rht_matrix(SignVector(DEFAULT_SIGN_VECTOR), device)
+    assert torch.equal(a, b) and torch.equal(b, c) and torch.equal(c, e)
     assert a.dtype == torch.bfloat16
+    assert a is not b and a.data_ptr() != b.data_ptr()  # a fresh copy per call (see the next test)
+
+
+def test_rht_matrix_copy_is_safe_to_modify(device, gen):
+    """get_rht_matrix hands out a copy: modifying it changes neither later matrices nor the kernels'
+    results (the kernels read the matrices cached on the SignVector)."""
+    s = random_sign_vector(16, seed=5)
+    x = torch.randn(64, 48, generator=gen, device=device).to(torch.bfloat16)
+    y0 = rht(x, s, 16, 0)
+    r0, a0 = rht_amax(x, s, 16, 0)
+    for dtype in (torch.bfloat16, x.dtype, torch.float32):
+        m = get_rht_matrix(s, device, dtype, 16)
+        m *= 4
+    m = get_rht_matrix(s, device, torch.bfloat16, 16)
+    m.zero_()
+    assert torch.equal(get_rht_matrix(s, device, torch.bfloat16, 16),
+                       rht_matrix_f64(s).to(torch.bfloat16).to(device))
+    assert torch.equal(rht(x, s, 16, 0), y0)
+    r1, a1 = rht_amax(x, s, 16, 0)
+    rr, aa = rht_amax_contract(x, s, 16, 0)
+    assert r1.view(torch.int32).item() == r0.view(torch.int32).item() == rr.view(torch.int32).item()
+    assert a1.view(torch.int32).item() == a0.view(torch.int32).item() == aa.view(torch.int32).item()
 
 
 @pytest.mark.parametrize("bad, d, err", [
@@ -168,13 +197,19 @@ def test_rht_errors(device):
         inverse_rht(torch.zeros(4, 24, device=device), (1,) * 24, 24)
 
 
-def test_rht_torch_compile(device, gen):
+@pytest.mark.parametrize("form", ["tuple", "SignVector"])
+def test_rht_torch_compile(form, device, gen):
+    import torch._dynamo
+
     x = torch.randn(32, 64, generator=gen, device=device).to(torch.bfloat16)
+    s = DEFAULT_SIGN_VECTOR if form == "tuple" else SignVector(DEFAULT_SIGN_VECTOR)
     backend = "inductor" if device == "cuda" else "aot_eager"
-    f = torch.compile(lambda t: inverse_rht(rht(t, DEFAULT_SIGN_VECTOR, 16, 0), DEFAULT_SIGN_VECTOR, 16, 0),
-                      fullgraph=True, backend=backend)
-    expect = inverse_rht(rht(x, DEFAULT_SIGN_VECTOR, 16, 0), DEFAULT_SIGN_VECTOR, 16, 0)
-    assert torch.equal(f(x), expect)
+    torch._dynamo.reset()
+    f = torch.compile(lambda t: inverse_rht(rht(t, s, 16, 0), s, 16, 0), fullgraph=True, backend=backend)
+    expect = inverse_rht(rht(x, s, 16, 0), s, 16, 0)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(3):
+            assert torch.equal(f(x), expect)
 
 
 def test_rht_opcheck(device, gen):
@@ -200,32 +235,128 @@ def test_rht_gpu_sizes(d, axis, gen):
         assert rel_rms(yf, ref) <= _bound(ref, torch.float32, d)
 
 
+@pytest.mark.parametrize("inverse", [False, True])
 @pytest.mark.parametrize("axis", [-1, 0])
-def test_rht_tiled_loop_config(axis, device, gen):
-    """The TILES > 1 loop (one program, several tiles, the matrix loaded once) through the raw kernels,
-    whatever config the autotuner would pick; a ragged last tile."""
-    import importlib
-
+def test_rht_tiled_loop_config(axis, inverse, device, gen):
+    """The TILES > 1 loop (one program, several tiles, the matrix loaded once) through the seam with
+    an explicit config, whatever config the autotuner would pick; a ragged last tile."""
     import triton
 
-    mod = importlib.import_module("hadamard_kernels.rht")
     d = 16
-    x = torch.randn(3 * 37 * d if axis == -1 else 5 * d, 1 if axis == -1 else 301, generator=gen,
-                    device=device).to(torch.bfloat16).reshape(-1, d) if axis == -1 else \
-        torch.randn(5 * d, 301, generator=gen, device=device).to(torch.bfloat16)
-    s = random_sign_vector(d, seed=11)
-    signs = tuple(int(v) for v in s.tolist())
-    y = torch.empty_like(x)
-    m = mod._pm1_cached(signs, False, x.device, x.dtype)
     if axis == -1:
-        n_rows = x.numel() // d
-        grid = (triton.cdiv(n_rows, 32 * 4),)
-        mod._rht_rows_kernel[grid](x, y, m, 1.0 / math.sqrt(d), n_rows, 0, D=d, IS_FP32=False, BLOCK_R=32,
-                                   TILES=4)
+        x = torch.randn(3 * 37, d, generator=gen, device=device).to(torch.bfloat16)
+        cfg = triton.Config({"BLOCK_R": 32, "TILES": 4}, num_warps=4, num_stages=2)
     else:
-        inner = x.shape[1]
-        grid = (x.shape[0] // d, triton.cdiv(inner, 32 * 4))
-        mod._rht_cols_kernel[grid](x, y, m, 1.0 / math.sqrt(d), inner, 0, D=d, IS_FP32=False, BLOCK_I=32,
-                                   TILES=4)
-    ref = rht_ref(x, s, d, axis)
+        x = torch.randn(5 * d, 301, generator=gen, device=device).to(torch.bfloat16)
+        cfg = triton.Config({"BLOCK_I": 32, "TILES": 4}, num_warps=4, num_stages=2)
+    s = SignVector(random_sign_vector(d, seed=11))
+    y = rht_mod._rht_launch(x, s, axis, inverse, config=cfg)
+    ref = rht_ref(x, s, d, axis, inverse=inverse)
     assert rel_rms(y, ref) <= _bound(ref, torch.bfloat16, d)
+    assert torch.equal(y, (inverse_rht if inverse else rht)(x, s, d, axis))  # same math, any tiling
+
+
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_rht_every_listed_config(axis, device, gen):
+    """Every config of the rows / columns list through the seam (the interpreter autotunes to the
+    first only); d = 8 (register path) and d = 32 (tl.dot), bit-identical results across configs."""
+    configs = rht_mod.RHT_ROWS_CONFIGS if axis == -1 else rht_mod.RHT_COLS_CONFIGS
+    for d in (8, 32):
+        x = torch.randn((70, 2 * d) if axis == -1 else (2 * d, 70), generator=gen, device=device).to(torch.float16)
+        s = SignVector(random_sign_vector(d, seed=d))
+        want = rht(x, s, d, axis)
+        for cfg in configs:
+            assert torch.equal(rht_mod._rht_launch(x, s, axis, False, config=cfg), want), (d, cfg)
+
+
+# ---------------------------------------------------------------------------------- sign vectors
+
+@pytest.mark.parametrize("bad", [
+    torch.zeros(16), torch.full((16,), 2.0), (2,) * 16, [0] * 16,       # entries not +-1
+    (1, -1) * 4, torch.ones(8), torch.ones(32),                          # wrong length
+    torch.ones(4, 4),                                                    # not 1-D
+], ids=["zeros-tensor", "twos-tensor", "twos-tuple", "zeros-list", "short-tuple", "short-tensor",
+        "long-tensor", "2d-tensor"])
+def test_bad_sign_vectors_raise(bad, device):
+    x = torch.randn(32, 32, device=device).to(torch.bfloat16)
+    bad = bad.to(device) if isinstance(bad, torch.Tensor) else bad
+    for f in (rht, inverse_rht, rht_amax):
+        with pytest.raises(ValueError):
+            f(x, bad, 16, 0)
+    with pytest.raises(ValueError):
+        get_rht_matrix(bad, device, torch.bfloat16, 16)
+
+
+def test_sign_vector_forms_give_identical_results(device, gen):
+    d = 32
+    t = random_sign_vector(d, seed=21)
+    forms = [t.tolist(), tuple(int(v) for v in t.tolist()), t.to(device), t.to(torch.int8), SignVector(t)]
+    for axis in (0, -1):
+        x = torch.randn(2 * d, 2 * d, generator=gen, device=device).to(torch.bfloat16)
+        outs = [(rht(x, s, d, axis), inverse_rht(x, s, d, axis), rht_amax(x, s, d, axis)) for s in forms]
+        for y, yi, (r, a) in outs[1:]:
+            assert torch.equal(y, outs[0][0]) and torch.equal(yi, outs[0][1])
+            assert r.view(torch.int32).item() == outs[0][2][0].view(torch.int32).item()
+            assert a.view(torch.int32).item() == outs[0][2][1].view(torch.int32).item()
+
+
+@pytest.mark.parametrize("f", ["rht", "inverse_rht", "rht_amax"])
+def test_sign_tensor_read_once_per_version(f, device, gen, monkeypatch):
+    """A sign tensor is read to the host (a device sync on a GPU) once: later calls with the same,
+    unmodified tensor construct no new SignVector; an in-place change is noticed."""
+    fn = {"rht": rht, "inverse_rht": inverse_rht, "rht_amax": rht_amax}[f]
+    d = 16
+    s = torch.tensor(DEFAULT_SIGN_VECTOR, dtype=torch.float32, device=device)  # not seen before
+    x = torch.randn(2 * d, 8 * d, generator=gen, device=device).to(torch.bfloat16)
+    made = []
+    real_init = signs_mod.SignVector.__init__
+
+    def counting_init(self, values):
+        made.append(type(values).__name__)
+        real_init(self, values)
+
+    monkeypatch.setattr(signs_mod.SignVector, "__init__", counting_init)
+    first = fn(x, s, d, 0)
+    assert made == ["Tensor"]
+    for _ in range(3):
+        again = fn(x, s, d, 0)
+    assert made == ["Tensor"]  # not re-read
+    s[3] = -s[3]  # in place: a new tensor version
+    changed = fn(x, s, d, 0)
+    assert made == ["Tensor", "Tensor"]
+    flipped = tuple(int(v) for v in s.tolist())
+    if f == "rht_amax":
+        assert torch.equal(torch.stack(again), torch.stack(first))
+        rr, _ = rht_amax_contract(x, flipped, d, 0)
+        assert changed[0].view(torch.int32).item() == rr.view(torch.int32).item()
+    else:
+        assert torch.equal(again, first)
+        assert torch.equal(changed, fn(x, flipped, d, 0)) and not torch.equal(changed, first)
+    s[3] = 2.0  # an invalid in-place change is caught too
+    with pytest.raises(ValueError):
+        fn(x, s, d, 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_inverse_rht_attention_layout(d, dtype, device, gen):
+    """attention undoes its output rotation with inverse_rht(out, sv, D, axis=-1) on (B, S, H, D)."""
+    x = torch.randn(2, 3, 2, d, generator=gen, device=device).to(dtype)
+    sv = SignVector(random_sign_vector(d, seed=d + 1))
+    y = inverse_rht(x, sv, d, axis=-1)
+    ref = rht_ref(x, sv, d, -1, inverse=True)
+    assert y.shape == x.shape and y.dtype == dtype and y.is_contiguous()
+    assert rel_rms(y, ref) <= _bound(ref, dtype, d)
+    back = rht(y, sv, d, -1)
+    assert rel_rms(back, x.double()) <= 2.2 * rounding_bound(ref, dtype)
+
+
+def test_autograd_recording_goes_through_the_op(device, gen):
+    """With x.requires_grad the public function dispatches through the custom op (as it always did),
+    so autograd sees the op; without, the same numbers come from the direct launch."""
+    x = torch.randn(32, 16, generator=gen, device=device).to(torch.bfloat16)
+    xg = x.clone().requires_grad_()
+    y = rht(xg, DEFAULT_SIGN_VECTOR)
+    assert torch.equal(y.detach(), rht(x, DEFAULT_SIGN_VECTOR))
+    with torch.no_grad():
+        assert torch.equal(rht(xg, DEFAULT_SIGN_VECTOR), rht(x, DEFAULT_SIGN_VECTOR))

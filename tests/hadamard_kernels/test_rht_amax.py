@@ -9,6 +9,7 @@ import torch
 
 from hadamard_kernels import DEFAULT_SIGN_VECTOR, random_sign_vector, rht_amax
 from hadamard_kernels.reference import rht_amax_contract, rht_amax_exact
+from hadamard_kernels.signs import SignVector
 
 import importlib
 
@@ -149,14 +150,29 @@ def test_errors(device):
 
 
 def test_torch_compile_and_fake(device, gen):
+    import torch._dynamo
+
     x = torch.randn(32, 24, generator=gen, device=device).to(torch.bfloat16)
     backend = "inductor" if device == "cuda" else "aot_eager"
+    torch._dynamo.reset()
     f = torch.compile(lambda t: rht_amax(t, DEFAULT_SIGN_VECTOR, 16, 0), fullgraph=True, backend=backend)
-    r, a = f(x)
     rr, aa = rht_amax_contract(x, DEFAULT_SIGN_VECTOR, 16, 0)
-    assert _bits(r) == _bits(rr) and _bits(a) == _bits(aa)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(3):
+            r, a = f(x)
+            assert _bits(r) == _bits(rr) and _bits(a) == _bits(aa)
     torch.library.opcheck(torch.ops.hadamard_kernels.rht_amax.default, (x, list(DEFAULT_SIGN_VECTOR), 0),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_d128_and_d256_interpreter_config(axis, device, gen):
+    """d = 128 / 256 along rows do not fit the rows kernel's first (interpreter) config: the launcher
+    takes the first listed config that does (on a GPU the autotuner's prune does the same)."""
+    for d in (128, 256):
+        shape = (2 * d, 40) if axis == 0 else (40, 2 * d)
+        x = torch.randn(shape, generator=gen, device=device).to(torch.bfloat16)
+        _check(x, random_sign_vector(d, seed=d), d, axis)
 
 
 # ---------------------------------------------------------------------------------------- GPU only
@@ -184,22 +200,22 @@ def test_bit_exact_gpu_random_shapes(shape, d, axis, seed):
 @pytest.mark.parametrize("axis", [0, 1])
 @pytest.mark.parametrize("d, use_tma", [(16, True), (128, True), (16, False)], ids=["16-tma", "128-tma", "16-ptr"])
 def test_every_amax_config_compiles(axis, d, use_tma):
-    """Compile and run EVERY config of the autotune list (the warp-specialized ones included) with the
-    raw kernel, in a subprocess so that a compiler abort kills only that process; a crashed config is
-    recorded and the subprocess restarted after it. A failure names the config: drop it from
-    AMAX_COLS_CONFIGS / AMAX_ROWS_CONFIGS."""
+    """Compile and run EVERY config of the autotune list that fits d (the warp-specialized ones
+    included) through the seam, in a subprocess (``_check_configs`` below, run as this file's
+    ``__main__``) so that a compiler abort kills only that process; a crashed config is recorded and
+    the subprocess restarted after it. A failure names the config: drop it from AMAX_COLS_CONFIGS /
+    AMAX_ROWS_CONFIGS."""
     import os
     import subprocess
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    configs = ra._prune(axis)(ra.AMAX_COLS_CONFIGS if axis == 0 else ra.AMAX_ROWS_CONFIGS, {"D": d})
+    configs = ra.amax_configs(axis, d)
     failures, start = [], 0
     while start < len(configs):
-        code = f"from hadamard_kernels.rht_amax import _check_configs; _check_configs({axis}, {d}, {use_tma}, {start})"
-        proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
-                              timeout=300)
+        cmd = [sys.executable, os.path.abspath(__file__), str(axis), str(d), str(int(use_tma)), str(start)]
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
         lines = proc.stdout.splitlines()
         failures += [f"{configs[int(ln.split()[1])]}: {ln}" for ln in lines if ln.startswith("FAIL")]
         if "DONE" in lines:
@@ -209,6 +225,29 @@ def test_every_amax_config_compiles(axis, d, use_tma):
         failures.append(f"{configs[crashed]}: process died (rc={proc.returncode}): {proc.stderr[-400:]}")
         start = crashed + 1
     assert not failures, "\n".join(failures)
+
+
+def _check_configs(axis: int, d: int, use_tma: bool, start: int = 0) -> None:
+    """Subprocess side of ``test_every_amax_config_compiles``: runs each config that fits d from
+    ``start`` on through the seam, printing ``START i`` before and ``OK i`` / ``FAIL i <reason>`` after
+    it, flushed, so the parent can tell which one crashed."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(2048, 4096, generator=g, device="cuda").to(torch.bfloat16)
+    sv = SignVector(random_sign_vector(d, seed=d))
+    rr, aa = rht_amax_contract(x, sv, d, axis)
+    for i, cfg in enumerate(ra.amax_configs(axis, d)):
+        if i < start:
+            continue
+        print(f"START {i} {cfg}", flush=True)
+        try:
+            r, a = ra._rht_amax_launch(x, sv, axis, config=cfg, use_tma=use_tma)
+            torch.cuda.synchronize()
+            ok = _bits(r) == _bits(rr) and _bits(a) == _bits(aa)
+            print(f"OK {i}" if ok else f"FAIL {i} wrong result {r.item()} vs {rr.item()}", flush=True)
+        except Exception as e:  # reported to the parent test, which fails on any FAIL line
+            msg = f"{type(e).__name__}: {e}".replace("\n", " ")[:400]
+            print(f"FAIL {i} {msg}", flush=True)
+    print("DONE", flush=True)
 
 
 @pytest.mark.cuda
@@ -238,17 +277,40 @@ def test_tma_allocator_not_left_set(gen):
 
 @pytest.mark.parametrize("axis", [0, 1])
 def test_other_configs_interpreter(axis, device, gen):
-    """A few non-default tile shapes (GROUPS > 1, big tiles that do not divide M or N, pointer loads)
-    through the raw kernel: the interpreter only ever autotunes to the first config."""
-    d = 16
+    """Every listed config that fits d through the seam (GROUPS > 1, big tiles that do not divide M
+    or N, warp-specialized loops, pointer loads): the interpreter only ever autotunes to the first
+    config. d = 16 (tl.dot) and d = 8 (the register path)."""
     x = torch.randn(80, 176, generator=gen, device=device).to(torch.bfloat16)
-    rr, aa = rht_amax_contract(x, DEFAULT_SIGN_VECTOR, d, axis)
-    configs = ra._prune(axis)(ra.AMAX_COLS_CONFIGS if axis == 0 else ra.AMAX_ROWS_CONFIGS, {"D": d})
-    # the listed non-default configs (GROUPS > 1 / BLOCK_M > 16) plus a REG_MATH one (the d = 16
-    # register-math path, not in the lists but kept in the kernels)
-    reg = (ra._cols_cfg(2, 64, True, 3, 8, reg=True) if axis == 0 else ra._rows_cfg(16, 64, True, 3, 8, reg=True))
-    picked = [c for c in configs[1:] if not c.kwargs["WARP_SPECIALIZE"]][:2] + [reg]
-    assert len(picked) == 3 and ra._prune(axis)([reg], {"D": d}) == [reg]
-    for cfg in picked:
-        r, a = ra._run_config(x, DEFAULT_SIGN_VECTOR, axis, cfg, use_tma=False)
-        assert _bits(r) == _bits(rr) and _bits(a) == _bits(aa), cfg
+    for d in (16, 8):
+        sv = SignVector(random_sign_vector(d, seed=d))
+        rr, aa = rht_amax_contract(x, sv, d, axis)
+        configs = ra.amax_configs(axis, d)
+        if d == 16:  # d = 8 (register path, [.., d, d] product in registers) fits fewer
+            assert len(configs) == 6 and any(c.kwargs["WARP_SPECIALIZE"] for c in configs)
+        for cfg in configs:
+            r, a = ra._rht_amax_launch(x, sv, axis, config=cfg, use_tma=False)
+            assert _bits(r) == _bits(rr) and _bits(a) == _bits(aa), (d, cfg)
+
+
+def test_sign_vector_forms(device, gen):
+    x = torch.randn(64, 64, generator=gen, device=device).to(torch.bfloat16)
+    t = random_sign_vector(16, seed=3)
+    for axis in (0, 1):
+        rr, aa = rht_amax_contract(x, t, 16, axis)
+        for s in (t, t.tolist(), tuple(int(v) for v in t.tolist()), SignVector(t), t.to(torch.int32)):
+            r, a = rht_amax(x, s, 16, axis)
+            assert _bits(r) == _bits(rr) and _bits(a) == _bits(aa)
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(16), torch.full((16,), 2.0), (1, -1) * 4, [1] * 32],
+                         ids=["zeros", "twos", "short", "long"])
+def test_bad_sign_vectors(bad, device):
+    x = torch.randn(32, 32, device=device).to(torch.bfloat16)
+    with pytest.raises(ValueError):
+        rht_amax(x, bad.to(device) if isinstance(bad, torch.Tensor) else bad, 16, 0)
+
+
+if __name__ == "__main__":  # the subprocess of test_every_amax_config_compiles
+    import sys
+
+    _check_configs(int(sys.argv[1]), int(sys.argv[2]), bool(int(sys.argv[3])), int(sys.argv[4]))

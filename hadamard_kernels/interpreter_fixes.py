@@ -1,6 +1,6 @@
-"""Fixes for numerical bugs of Triton's CPU interpreter (``TRITON_INTERPRET=1``), triton 3.6.
+"""The library's shared layer: fixes for numerical bugs of Triton's CPU interpreter (``TRITON_INTERPRET=1``), triton 3.6.
 
-Applied by ``_triton_utils`` only when the interpreter is on; compiled kernels never see this.
+Applied by ``hadamard_kernels.runtime`` only when the interpreter is on; compiled kernels never see this.
 The interpreter stores bf16 as uint16 and fp8 as uint8 numpy arrays, and gets three things wrong:
 
 1. ``tl.dot`` with bf16 operands multiplies the raw uint16 bit patterns.

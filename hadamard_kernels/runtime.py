@@ -1,4 +1,4 @@
-"""What every kernel in the library needs, in one place.
+"""The library's shared layer: runtime helpers every kernel of every package uses.
 
 - ``is_interpreter()``: True when Triton runs kernels through its CPU interpreter
   (``TRITON_INTERPRET=1``).
@@ -9,10 +9,15 @@
   suite uses it so that each shape compiles one kernel, not every config
   (``tests/test_autotuned_gpu.py`` runs the full autotuner separately).
 - ``num_sms(device)``: the multiprocessor count, cached per device.
+- ``launch(kernel, grid, args, consts, config=None)``: the one way library code launches an
+  autotuned kernel. ``config=None`` runs the autotuner's choice; a ``triton.Config`` launches the
+  underlying ``@triton.jit`` function with exactly that config (the seam tests and benchmarks use to
+  pick a config; public functions never take it).
 - ``tma_allocator()``: a context manager that makes a scratch allocator for TMA tensor descriptors
   visible to Triton for the duration of one call only (see its docstring).
 
-``fp8_quant`` and ``attention`` import from here; this module imports nothing of the library.
+``fp8_quant`` and ``attention`` import from here (a public module of the shared layer, with
+``interpreter_fixes``, ``triton_helpers`` and ``signs``); this module imports nothing else of the library.
 """
 
 from __future__ import annotations
@@ -81,6 +86,16 @@ def uses_tma(device: torch.device | str) -> bool:
     return (not is_interpreter()) and device_capability(device)[0] >= 9
 
 
+def launch(kernel, grid, args: Sequence, consts: dict, config: "triton.Config | None" = None) -> None:
+    """Launch ``kernel`` (a ``triton.autotune`` object) on ``grid`` with positional ``args`` and
+    constexpr/keyword ``consts``: autotuned when ``config`` is None, else the raw kernel with exactly
+    ``config`` (its kwargs, num_warps, num_stages, ...)."""
+    if config is None:
+        kernel[grid](*args, **consts)
+    else:
+        kernel.fn[grid](*args, **consts, **config.all_kwargs())
+
+
 def _torch_scratch(size: int, alignment: int, stream) -> torch.Tensor:
     # Triton asks for global scratch that holds TMA descriptors built on the device. Allocating
     # through torch's caching allocator keeps it stream-ordered and capturable in a CUDA graph.
@@ -117,6 +132,6 @@ def bucket(n: int) -> int:
 
 # Under the interpreter, fix its known numerical bugs before any kernel runs (see the module).
 if is_interpreter():
-    from hadamard_kernels import _interpreter_fixes
+    from hadamard_kernels import interpreter_fixes
 
-    _interpreter_fixes.apply()
+    interpreter_fixes.apply()

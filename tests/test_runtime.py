@@ -1,5 +1,5 @@
-"""The shared kernel helpers: autotune config selection, size buckets, device properties and the
-scoped TMA allocator."""
+"""The shared runtime layer (hadamard_kernels.runtime): autotune config selection, size buckets, device
+properties, the config seam and the scoped TMA allocator."""
 
 import os
 import threading
@@ -9,7 +9,7 @@ import torch
 import triton
 from triton.runtime import _allocation
 
-from hadamard_kernels import _triton_utils as tu
+from hadamard_kernels import runtime as tu
 
 
 def test_autotune_configs_first_only_under_interpreter():
