@@ -67,6 +67,7 @@ def cases(ctx: Context) -> Iterable[Case]:
         yield from _cpu_cases(ctx)
         return
     from attention import AttentionBackend, HadamardMode, fp8_rope_sdpa, fp8_sdpa
+    from attention.sdpa import _fp8_sdpa_impl
     from attention.backends import has_fa3
     from fp8_quant import quantize_qkv
 
