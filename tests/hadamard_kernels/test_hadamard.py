@@ -298,8 +298,9 @@ def test_launch_with_config(impl, gen, device):
         out, out12 = H._launch(x, 0.5, None, impl, config=config), H._launch(x12, 0.5, hk, impl, config=config)
         assert rel_rms(out, ref) <= _bound(ref, torch.bfloat16, 256)
         assert rel_rms(out12, ref12) <= _bound(ref12, torch.float32, 16, 12)
-        if impl == "butterfly":  # the same fp32 additions whatever the tile (a dot's may differ)
-            assert torch.equal(out, want) and torch.equal(out12, want12)
+        if impl == "butterfly":  # the butterfly stages add in the same order whatever the tile (a dot's,
+            # and the K-mix reduction over the K axis, may add in another order on a GPU: bound only)
+            assert torch.equal(out, want)
     with pytest.raises(ValueError, match="kernel"):
         H._launch(x, 0.5, None, "dense")
 
