@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from hadamard_kernels.runtime import autotune_configs, launch, next_power_of_2, num_sms
+from hadamard_kernels.runtime import autotune_do_bench, autotune_configs, launch, next_power_of_2, num_sms
 from hadamard_kernels.triton_helpers import abs_bits, butterfly_stages, e4m3_scales, to_e4m3
 
 if TYPE_CHECKING:  # the launcher only reads the spec's fields
@@ -164,7 +164,7 @@ def _prune(configs, named_args, **kwargs):
 _KEY = ["HEAD_DIM", "CHUNK_S", "ROPE", "INTERLEAVED", "COMPACT_CS", "HAD_QK", "HAD_V", "HAS_SIGN"]
 
 
-@triton.autotune(configs=_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(do_bench=autotune_do_bench, configs=_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _qkv_amax_kernel(
     q, k, v, sizes, amax_ptr, rope, sign_ptr,
@@ -194,7 +194,7 @@ def _qkv_amax_kernel(
                     HAS_SIGN, LOG2_D, INV_SQRT_D)
 
 
-@triton.autotune(configs=_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(do_bench=autotune_do_bench, configs=_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _qkv_quant_kernel(
     q, k, v, out, sizes, amax_ptr, descale_ptr, rope, sign_ptr,

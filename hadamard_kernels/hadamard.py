@@ -40,7 +40,7 @@ import triton.language as tl
 
 from hadamard_kernels.dispatch_table import DEFAULT, DISPATCH, DISPATCH_K
 from hadamard_kernels.matrices import HADAMARD_K, hadamard_k_matrix, is_hadamard, is_power_of_two
-from hadamard_kernels.runtime import autotune_configs, bucket, launch
+from hadamard_kernels.runtime import autotune_do_bench, autotune_configs, bucket, launch
 from hadamard_kernels.triton_helpers import butterfly_stages
 
 # --- Constants -------------------------------------------------------------------------------
@@ -245,11 +245,11 @@ def _prune(configs, named_args, **kwargs):
     return kept or configs[:1]
 
 
-_butterfly_tuned = triton.autotune(
+_butterfly_tuned = triton.autotune(do_bench=autotune_do_bench, 
     configs=autotune_configs(_BUTTERFLY_CONFIGS), key=["N", "K", "M_BUCKET", "FLAT"],
     prune_configs_by={"early_config_prune": _prune},
 )(_fwht_butterfly_kernel)
-_matmul_tuned = triton.autotune(
+_matmul_tuned = triton.autotune(do_bench=autotune_do_bench, 
     configs=autotune_configs(_MATMUL_CONFIGS), key=["N", "K", "M_BUCKET", "SPLITS", "FLAT"],
     prune_configs_by={"early_config_prune": _prune},
 )(_fwht_matmul_kernel)

@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from hadamard_kernels.matrices import is_power_of_two
-from hadamard_kernels.runtime import autotune_configs, bucket, launch
+from hadamard_kernels.runtime import autotune_do_bench, autotune_configs, bucket, launch
 from hadamard_kernels.signs import DEFAULT_SIGN_VECTOR, SignVector, as_sign_vector, random_sign_vector
 
 __all__ = ["rht", "inverse_rht", "get_rht_matrix", "DEFAULT_SIGN_VECTOR", "random_sign_vector"]
@@ -181,9 +181,9 @@ def _prune_cols(configs, named_args, **kwargs):
     return _fits(configs, "BLOCK_I", d)
 
 
-_rht_rows = triton.autotune(configs=autotune_configs(RHT_ROWS_CONFIGS), key=["D", "IS_FP32", "size_bucket"],
+_rht_rows = triton.autotune(do_bench=autotune_do_bench, configs=autotune_configs(RHT_ROWS_CONFIGS), key=["D", "IS_FP32", "size_bucket"],
                             prune_configs_by={"early_config_prune": _prune_rows})(_rht_rows_kernel)
-_rht_cols = triton.autotune(configs=autotune_configs(RHT_COLS_CONFIGS), key=["D", "IS_FP32", "size_bucket"],
+_rht_cols = triton.autotune(do_bench=autotune_do_bench, configs=autotune_configs(RHT_COLS_CONFIGS), key=["D", "IS_FP32", "size_bucket"],
                             prune_configs_by={"early_config_prune": _prune_cols})(_rht_cols_kernel)
 
 

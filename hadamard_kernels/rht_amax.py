@@ -33,7 +33,8 @@ import triton
 import triton.language as tl
 
 from hadamard_kernels.rht import DEFAULT_SIGN_VECTOR, _resolve_signs, block_dot
-from hadamard_kernels.runtime import autotune_configs, bucket, launch, num_sms, tma_allocator, uses_tma
+from hadamard_kernels.runtime import (autotune_configs, autotune_do_bench, bucket, launch, num_sms, tma_allocator,
+                                      uses_tma)
 from hadamard_kernels.signs import SignVector, as_sign_vector
 from hadamard_kernels.triton_helpers import abs_bits
 
@@ -204,10 +205,10 @@ def amax_configs(axis: int, d: int) -> list:
 # atomics are max (idempotent: re-running on the same input cannot change the result), and
 # reset_to_zero zeroes both outputs before every timed run and again before the real launch.
 _KEY = ["D", "IS_FP32", "USE_TMA", "size_bucket"]
-_rht_amax_cols = triton.autotune(configs=autotune_configs(AMAX_COLS_CONFIGS), key=_KEY,
+_rht_amax_cols = triton.autotune(do_bench=autotune_do_bench, configs=autotune_configs(AMAX_COLS_CONFIGS), key=_KEY,
                                  prune_configs_by={"early_config_prune": _prune(0)},
                                  reset_to_zero=["rht_amax_ptr", "amax_ptr"])(_rht_amax_cols_kernel)
-_rht_amax_rows = triton.autotune(configs=autotune_configs(AMAX_ROWS_CONFIGS), key=_KEY,
+_rht_amax_rows = triton.autotune(do_bench=autotune_do_bench, configs=autotune_configs(AMAX_ROWS_CONFIGS), key=_KEY,
                                  prune_configs_by={"early_config_prune": _prune(1)},
                                  reset_to_zero=["rht_amax_ptr", "amax_ptr"])(_rht_amax_rows_kernel)
 

@@ -8,6 +8,9 @@
   (read when a kernel module is imported) also keeps only the first config on a GPU: the GPU test
   suite uses it so that each shape compiles one kernel, not every config
   (``tests/test_autotuned_gpu.py`` runs the full autotuner separately).
+- ``autotune_do_bench``: the timing every ``@triton.autotune`` of the library uses (``do_bench=``):
+  three separate ``triton.testing.do_bench`` trials per config, each quantile the median of the three,
+  so one unlucky trial (a clock ramp, a slow placement of a persistent grid) cannot decide the pick.
 - ``num_sms(device)``: the multiprocessor count, cached per device.
 - ``launch(kernel, grid, args, consts, config=None)``: the one way library code launches an
   autotuned kernel. ``config=None`` runs the autotuner's choice; a ``triton.Config`` launches the
@@ -84,6 +87,21 @@ def device_capability(device: torch.device | str | int | None = None) -> tuple[i
 def uses_tma(device: torch.device | str) -> bool:
     """TMA tensor descriptors: compiled kernels on SM90 or newer."""
     return (not is_interpreter()) and device_capability(device)[0] >= 9
+
+
+AUTOTUNE_TRIALS = 3
+
+
+def autotune_do_bench(kernel_call, quantiles):
+    """Autotuner timing: ``AUTOTUNE_TRIALS`` trials of ``triton.testing.do_bench`` (25 ms warm-up,
+    100 ms of runs, L2 flushed before each run), each quantile the median over the trials."""
+    import triton.testing
+
+    trials = [triton.testing.do_bench(kernel_call, warmup=25, rep=100, quantiles=quantiles)
+              for _ in range(AUTOTUNE_TRIALS)]
+    if quantiles is None:
+        return sorted(trials)[len(trials) // 2]
+    return [sorted(t[i] for t in trials)[len(trials) // 2] for i in range(len(quantiles))]
 
 
 def launch(kernel, grid, args: Sequence, consts: dict, config: "triton.Config | None" = None) -> None:
