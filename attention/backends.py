@@ -1,8 +1,13 @@
 """Which FP8 attention kernel runs a call: the backend enum, provider lookup, head-dim tables.
 
-- FA3 (Hopper, SM90): ``flash_attn_func`` from the first provider that imports, in this order:
-  ``flash_attn_interface`` (the official ``flash_attn_3`` built from flash-attention's ``hopper/``),
-  then ``fa3_fwd_interface`` (PyPI ``fa3-fwd``, a forward-only repackaging of the same kernels).
+- FA3 (Hopper, SM90): the first provider that imports, in this order: ``flash_attn_interface`` (the
+  official ``flash_attn_3`` built from flash-attention's ``hopper/``), then ``fa3_fwd_interface`` (PyPI
+  ``fa3-fwd``, a forward-only repackaging of the same kernels). Both wrap one C++ op,
+  ``torch.ops.flash_attn_3.fwd`` / ``torch.ops.fa3_fwd.fwd``, in ``flash_attn_func`` -> an autograd
+  Function -> a ``torch.library.custom_op`` -> the C++ op: ~86-96 us of Python per call on the H200
+  host. ``fa3_forward()`` calls the C++ op directly with the arguments ``flash_attn_func`` would pass,
+  when the op's schema (argument names and types, checked once at lookup) is ``FA3_FWD_SCHEMA``, and
+  ``flash_attn_func`` otherwise; ``fa3_call_path()`` says which.
 - FA4 (Blackwell, SM100): ``flash_attn.cute.interface._flash_attn_fwd`` (``flash-attn-4``).
 - FP8_REFERENCE: runs anywhere (CPU included); the accuracy reference, not fast.
 
@@ -41,6 +46,21 @@ HEAD_DIMS = {
 
 FA3_PROVIDERS = ("flash_attn_interface", "fa3_fwd_interface")
 FA4_MODULE = "flash_attn.cute.interface"
+# The module attribute that holds the provider's op namespace (torch.ops.flash_attn_3 / torch.ops.fa3_fwd).
+FA3_OP_NAMESPACE_ATTRS = ("flash_attn_3_gpu", "fa3_fwd_cuda")
+# ``fwd``'s schema in fa3-fwd 0.0.3 (fa3_fwd/_C.abi3.so) and in flash-attention's hopper/flash_api_stable.cpp
+# (flash_attn_3): the same 34 arguments. The direct call below passes them positionally.
+FA3_FWD_SCHEMA = (
+    "fwd(Tensor q, Tensor k, Tensor v, Tensor(k_new!)? k_new=None, Tensor(v_new!)? v_new=None, Tensor? q_v=None, "
+    "Tensor(out!)? out=None, Tensor? cu_seqlens_q=None, Tensor? cu_seqlens_k=None, Tensor? cu_seqlens_k_new=None, "
+    "Tensor? seqused_q=None, Tensor? seqused_k=None, int? max_seqlen_q=None, int? max_seqlen_k=None, "
+    "Tensor? page_table=None, Tensor? kv_batch_idx=None, Tensor? leftpad_k=None, Tensor? rotary_cos=None, "
+    "Tensor? rotary_sin=None, Tensor? seqlens_rotary=None, Tensor? q_descale=None, Tensor? k_descale=None, "
+    "Tensor? v_descale=None, float? softmax_scale=None, bool is_causal=False, int window_size_left=-1, "
+    "int window_size_right=-1, int attention_chunk=0, float softcap=0.0, bool is_rotary_interleaved=False, "
+    "Tensor? scheduler_metadata=None, int num_splits=0, bool? pack_gqa=None, int sm_margin=0) "
+    "-> (Tensor(out!), Tensor, Tensor, Tensor)")
+_FA3_NONES = (None,) * 17  # k_new .. seqlens_rotary
 
 FA3_HOWTO = ("install an FA3 provider: the official flash_attn_3 (build flash-attention's hopper/ "
              "directory: `cd hopper && python setup.py install`, module flash_attn_interface) or the "
@@ -85,6 +105,65 @@ def has_fa3() -> bool:
     return _fa3_lookup()[1] is not None
 
 
+def _signature(schema) -> list[tuple[str, str]]:
+    return [(a.name, str(a.type)) for a in schema.arguments]
+
+
+def _fa3_direct_op(module_name: str) -> tuple[Optional[Any], str]:
+    """The provider's C++ ``fwd`` overload when its schema is ``FA3_FWD_SCHEMA`` (else None), and why."""
+    mod = importlib.import_module(module_name)
+    for attr in FA3_OP_NAMESPACE_ATTRS:
+        op = getattr(getattr(getattr(mod, attr, None), "fwd", None), "default", None)
+        schema = getattr(op, "_schema", None)
+        if schema is None:
+            continue
+        if _signature(schema) != _signature(torch._C.parse_schema(FA3_FWD_SCHEMA)):
+            return None, f"{module_name}.{attr}.fwd has another schema ({schema}): flash_attn_func"
+        return op, f"direct: {module_name}.{attr}.fwd ({schema.name})"
+    return None, f"{module_name} exposes no fwd op ({'/'.join(FA3_OP_NAMESPACE_ATTRS)}): flash_attn_func"
+
+
+def _fa3_via_op(op: Any) -> Callable:
+    def call(q, k, v, q_descale, k_descale, v_descale, scale: float, causal: bool) -> torch.Tensor:
+        # Exactly what fa3's flash_attn_func -> FlashAttnFunc -> _flash_attn_forward passes (window
+        # (-1, -1), attention_chunk 0, softcap 0, rotary_interleaved True, num_splits 1, pack_gqa None,
+        # sm_margin 0); its maybe_contiguous() calls are no-ops here: every payload has a unit last stride.
+        return op(q, k, v, *_FA3_NONES, q_descale, k_descale, v_descale, scale, causal,
+                  -1, -1, 0, 0.0, True, None, 1, None, 0)[0]
+    return call
+
+
+def _fa3_via_func(fn: Callable) -> Callable:
+    def call(q, k, v, q_descale, k_descale, v_descale, scale: float, causal: bool) -> torch.Tensor:
+        out = fn(q, k, v, softmax_scale=scale, causal=causal, q_descale=q_descale, k_descale=k_descale,
+                 v_descale=v_descale)
+        # Some FA3 builds return (out, softmax_lse); others the output alone.
+        return out[0] if isinstance(out, (tuple, list)) else out
+    return call
+
+
+@functools.lru_cache(maxsize=None)
+def _fa3_forward_lookup() -> tuple[Callable, str]:
+    name, fn = fa3_provider()
+    try:
+        op, path = _fa3_direct_op(name)
+    except Exception as e:  # a provider whose namespace cannot be inspected: use its Python wrapper
+        op, path = None, f"{name}: {type(e).__name__}: {e}: flash_attn_func"
+    return (_fa3_via_op(op), path) if op is not None else (_fa3_via_func(fn), f"{name}.flash_attn_func ({path})")
+
+
+def fa3_forward() -> Callable:
+    """``call(q, k, v, q_descale, k_descale, v_descale, scale, causal) -> out`` (BSHD e4m3 in, bf16 BSHD
+    out, FA's bottom-right causal) through the FA3 provider: its C++ op directly where the schema
+    matches, else its ``flash_attn_func``. RuntimeError when no provider imports."""
+    return _fa3_forward_lookup()[0]
+
+
+def fa3_call_path() -> str:
+    """How FA3 is called: ``"direct: <module>.<attr>.fwd (...)"`` or ``"<module>.flash_attn_func (why)"``."""
+    return _fa3_forward_lookup()[1]
+
+
 @functools.lru_cache(maxsize=None)
 def _fa4_lookup() -> tuple[Optional[Callable], str]:
     try:
@@ -108,7 +187,9 @@ def has_fa4() -> bool:
 def clear_provider_cache() -> None:
     """Forget the cached provider lookups (tests inject stand-in modules)."""
     _fa3_lookup.cache_clear()
+    _fa3_forward_lookup.cache_clear()
     _fa4_lookup.cache_clear()
+    _RESOLVED.clear()
 
 
 def _major(device: torch.device) -> int:
@@ -132,10 +213,21 @@ def check_hardware(backend: AttentionBackend, device: torch.device) -> None:
 
 def resolve_backend(backend: Any, device: torch.device) -> AttentionBackend:
     """The backend for a call on ``device``: the given one (checked against the hardware), or the
-    automatic choice for ``backend=None`` (FA4 on SM100, FA3 on SM90); RuntimeError otherwise."""
+    automatic choice for ``backend=None`` (FA4 on SM100, FA3 on SM90); RuntimeError otherwise.
+    Eager calls hit a per-(backend, device) cache (successes only; ``clear_provider_cache`` empties it)."""
+    if not torch.compiler.is_compiling():
+        try:
+            return _RESOLVED[(backend, device)]
+        except (KeyError, TypeError):  # TypeError: an unhashable backend argument (as_backend rejects it)
+            pass
     b = None if backend is None else as_backend(backend)
-    return _BY_VALUE[_resolve(None if b is None else b.value, device)]
+    resolved = _BY_VALUE[_resolve(None if b is None else b.value, device)]
+    if not torch.compiler.is_compiling():
+        _RESOLVED[(backend, device)] = resolved
+    return resolved
 
+
+_RESOLVED: dict = {}
 
 _BY_VALUE = {b.value: b for b in AttentionBackend}
 

@@ -36,7 +36,7 @@ import torch
 from attention.backends import (
     HEAD_DIMS,
     AttentionBackend,
-    fa3_provider,
+    fa3_forward,
     fa4_forward,
     resolve_backend,
 )
@@ -56,13 +56,6 @@ _REF_BLOCK_ELEMS = 1 << 26
 # ---------------------------------------------------------------------------------------------
 # The FP8 forward backends (BSHD e4m3 in, bf16 BSHD out)
 # ---------------------------------------------------------------------------------------------
-
-def _fa3_call(q, k, v, qd, kd, vd, scale: float, causal: bool) -> torch.Tensor:
-    _, fn = fa3_provider()
-    out = fn(q, k, v, softmax_scale=scale, causal=causal, q_descale=qd, k_descale=kd, v_descale=vd)
-    # Some FA3 builds return (out, softmax_lse); others the output alone.
-    return out[0] if isinstance(out, (tuple, list)) else out
-
 
 def _fa4_call(q, k, v, qd, kd, vd, scale: float, causal: bool) -> torch.Tensor:
     fn = fa4_forward()
@@ -121,6 +114,20 @@ def _reference_fwd(q, k, v, qd, kd, vd, scale: float, causal: bool) -> torch.Ten
     return out
 
 
+def _attention_fwd(q, k, v, qd, kd, vd, scale: float, causal: bool, backend: AttentionBackend) -> torch.Tensor:
+    """The FP8 forward on ``backend`` (what the op below runs; eager ``fp8_sdpa`` calls it directly)."""
+    if backend is AttentionBackend.FP8_REFERENCE:
+        return _reference_fwd(q, k, v, qd, kd, vd, scale, causal)
+    # FA3: the provider's C++ op directly where its schema allows (attention.backends.fa3_forward)
+    call = fa3_forward() if backend is AttentionBackend.FP8_FA3 else _fa4_call
+    if causal and q.shape[1] != k.shape[1]:
+        out = _flash_top_left(call, q, k, v, qd, kd, vd, scale, causal)
+    else:
+        out = call(q, k, v, qd, kd, vd, scale, causal)
+    # The fake says dense BSHD; an FA build that allocates its output like a strided q would differ.
+    return out if out.is_contiguous() else out.contiguous()
+
+
 @torch.library.custom_op("attention::fp8_attention_fwd", mutates_args=())
 def _fp8_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_descale: torch.Tensor,
                           k_descale: torch.Tensor, v_descale: torch.Tensor, scale: float, causal: bool,
@@ -128,13 +135,7 @@ def _fp8_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_d
     """q (B, S_q, H_q, D), k (B, S_kv, H_kv, D), v (B, S_kv, H_kv, D_v): e4m3, last dim contiguous
     (BSHD views of BHSD tensors are fine); descales (B, H_kv) float32. Returns bf16 (B, S_q, H_q, D_v),
     causal top-left."""
-    b = AttentionBackend(backend)
-    if b == AttentionBackend.FP8_REFERENCE:
-        return _reference_fwd(q, k, v, q_descale, k_descale, v_descale, scale, causal)
-    call = _fa3_call if b == AttentionBackend.FP8_FA3 else _fa4_call
-    out = _flash_top_left(call, q, k, v, q_descale, k_descale, v_descale, scale, causal)
-    # The fake says dense BSHD; an FA build that allocates its output like a strided q would differ.
-    return out.contiguous()
+    return _attention_fwd(q, k, v, q_descale, k_descale, v_descale, scale, causal, AttentionBackend(backend))
 
 
 @_fp8_attention_fwd_op.register_fake
@@ -147,6 +148,8 @@ def _(q, k, v, q_descale, k_descale, v_descale, scale, causal, backend):
 # ---------------------------------------------------------------------------------------------
 
 def _as_mode(hadamard) -> HadamardMode:
+    if hadamard.__class__ is HadamardMode:  # the common case, without the enum's lookup
+        return hadamard
     try:
         return HadamardMode(getattr(hadamard, "value", hadamard))
     except ValueError:
@@ -156,7 +159,33 @@ def _as_mode(hadamard) -> HadamardMode:
 def unsupported_reason(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                        enable_gqa=False, *, backend: AttentionBackend, hadamard=HadamardMode.NONE,
                        layout: str = "BHSD") -> Optional[str]:
-    """Why the FP8 path cannot serve this call (a sentence naming the offending value), or None."""
+    """Why the FP8 path cannot serve this call (a sentence naming the offending value), or None.
+
+    A fast check accepts the calls that are fine (every condition of ``_unsupported_reason`` in one
+    expression, each attribute read once); anything else gets the full check, which names the reason."""
+    tensor = torch.Tensor
+    if (attn_mask is None and dropout_p == 0.0 and isinstance(query, tensor) and isinstance(key, tensor)
+            and isinstance(value, tensor)):
+        qs, ks, dt = query.shape, key.shape, query.dtype
+        if (len(qs) == 4 and len(ks) == 4 and ks == value.shape and (dt is torch.bfloat16 or dt is torch.float16)
+                and key.dtype is dt and value.dtype is dt):
+            h = 1 if layout == "BHSD" else 2
+            h_q, h_kv, d = qs[h], ks[h], qs[3]
+            mode = _as_mode(hadamard)
+            if (ks[0] == qs[0] and ks[3] == d and h_kv > 0 and h_q % h_kv == 0 and (enable_gqa or h_q == h_kv)
+                    and d in HEAD_DIMS[backend] and (mode is HadamardMode.NONE or not d & (d - 1))
+                    and (ks[3 - h] > 0 or qs[3 - h] == 0)
+                    and (scale is None or (isinstance(scale, (int, float)) and math.isfinite(scale)))
+                    and not (torch.is_grad_enabled()
+                             and (query.requires_grad or key.requires_grad or value.requires_grad))
+                    and query.device == key.device == value.device):
+                return None
+    return _unsupported_reason(query, key, value, attn_mask, dropout_p, scale, enable_gqa, backend, hadamard,
+                               layout)
+
+
+def _unsupported_reason(query, key, value, attn_mask, dropout_p, scale, enable_gqa, backend, hadamard,
+                        layout) -> Optional[str]:
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, torch.Tensor):
             return f"{name} must be a torch.Tensor, got {type(t).__name__}"
@@ -239,9 +268,13 @@ def _run(qkv, scale: float, is_causal: bool, backend: AttentionBackend, mode: Ha
     q, k, v = qkv.q, qkv.k, qkv.v
     if layout == "BHSD":  # BSHD views: FA3/FA4 need only a contiguous last dim
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    out = _fp8_attention_fwd_op(q, k, v, qkv.q_descale, qkv.k_descale, qkv.v_descale, float(scale),
-                                bool(is_causal), backend.value)
-    out = _undo_rotation(out, mode, signs)
+    if torch.compiler.is_compiling():  # the op (with its fake) for dynamo; eager calls skip the dispatcher
+        out = _fp8_attention_fwd_op(q, k, v, qkv.q_descale, qkv.k_descale, qkv.v_descale, float(scale),
+                                    bool(is_causal), backend.value)
+    else:
+        out = _attention_fwd(q, k, v, qkv.q_descale, qkv.k_descale, qkv.v_descale, scale, bool(is_causal), backend)
+    if mode is not HadamardMode.NONE:
+        out = _undo_rotation(out, mode, signs)
     if out.dtype != dtype:
         out = out.to(dtype)
     return out.transpose(1, 2)  # BHSD view of the BSHD result
@@ -285,7 +318,7 @@ def fp8_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_m
                              backend=b, hadamard=mode)
     if why is not None:
         raise ValueError(f"fp8_sdpa: {why}")
-    signs = _resolve_sign(sign_vector, query.shape[-1], mode)
+    signs = None if sign_vector is None else _resolve_sign(sign_vector, query.shape[-1], mode)
     return _fp8_sdpa_impl(query, key, value, is_causal, scale, b, mode, signs)
 
 

@@ -13,6 +13,20 @@ Why a mode rather than swapping ``F.scaled_dot_product_attention``:
 Cost: in eager mode every torch function called inside the wrapped forward passes through one Python
 ``__torch_function__`` call (a few microseconds each); under torch.compile it is traced away.
 
+Counters. ``fp8_calls`` / ``fallback_calls`` live in a small object outside the module (``_COUNTS``,
+reached through an integer key that never changes), so dynamo never guards on them (before, the traced
+``self.fp8_calls += 1`` made dynamo guard on the counter's value: one recompile per call, and
+FailOnRecompileLimitHit on the ninth with ``fullgraph=True``). Eager calls bump them in ``_route``, one
+per routed SDPA call. Under torch.compile the router tallies the routes of the traced forward in a list
+created inside the trace (constants at trace time), and ``forward`` hands the tallies to ``_count``, a
+function registered in ``torch._dynamo.config.reorderable_logging_functions``: dynamo neither traces it
+nor guards on what it touches, it replays the call after every run of the compiled graph (Python after
+the graph, so also with ``mode="reduce-overhead"``'s CUDA graphs). Counts are therefore exact per call in
+both modes, provided the wrapper is the object handed to ``torch.compile``: dynamo replays such calls
+only from the frame it compiles, so a wrapper compiled as a submodule of a larger compiled model, or
+under ``torch.export``, does not count its compiled calls. The registration adds one function of this
+module to that set at import; it changes nothing else.
+
 Calls the FP8 path cannot serve (a mask, dropout, an unsupported head dim or dtype, inputs requiring
 grad) go to the original SDPA with ``unsupported="fallback"`` (counted, warned once per wrapper) or
 raise ValueError with ``unsupported="raise"``. A mask is never dropped or replaced. A missing backend
@@ -21,7 +35,9 @@ raise ValueError with ``unsupported="raise"``. A mask is never dropped or replac
 
 from __future__ import annotations
 
+import itertools
 import warnings
+import weakref
 from typing import Optional
 
 import torch
@@ -52,15 +68,39 @@ def _bind(args, kwargs) -> Optional[dict]:
     return bound
 
 
+class _Counts:
+    __slots__ = ("fp8", "fallback")
+
+    def __init__(self):
+        self.fp8 = 0
+        self.fallback = 0
+
+
+_COUNTS: dict[int, _Counts] = {}  # wrapper key -> its counts (the entry goes with its wrapper)
+_KEYS = itertools.count()
+
+
+def _count(key: int, fp8: int, fallback: int) -> None:
+    """Add one compiled forward's routed calls to wrapper ``key``'s counters (replayed after the graph)."""
+    counts = _COUNTS.get(key)
+    if counts is not None:
+        counts.fp8 += fp8
+        counts.fallback += fallback
+
+
+torch._dynamo.config.reorderable_logging_functions.add(_count)
+
+
 class _SDPARouter(TorchFunctionMode):
-    def __init__(self, owner: "LowPrecisionAttention"):
+    def __init__(self, owner: "LowPrecisionAttention", tally: list):
         super().__init__()
         self.owner = owner
+        self.tally = tally  # [fp8, fallback] of this forward (used under torch.compile)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is _SDPA:
-            return self.owner._route(args, kwargs)
+            return self.owner._route(args, kwargs, self.tally)
         return func(*args, **kwargs)
 
 
@@ -68,8 +108,9 @@ class LowPrecisionAttention(torch.nn.Module):
     """Runs ``model`` with every ``F.scaled_dot_product_attention`` call in FP8 where possible.
 
     Counters: ``fp8_calls`` (served by ``fp8_sdpa``), ``fallback_calls`` (handed to the original
-    SDPA); ``reset_counters()`` zeroes them. Counts are exact in eager mode; under torch.compile they
-    count the calls seen while tracing.
+    SDPA); ``reset_counters()`` zeroes them. Exact per call in eager mode and under torch.compile
+    (each run of the compiled wrapper counts its routed calls, tracing itself counts nothing); they are
+    never guarded on, so they cause no recompiles (module docstring). Not counted under torch.export.
     """
 
     def __init__(self, model: torch.nn.Module, backend=None, hadamard=HadamardMode.NONE,
@@ -83,19 +124,41 @@ class LowPrecisionAttention(torch.nn.Module):
         self.unsupported = unsupported
         # validated once here (+-1 entries; the length is checked against each call's head dim)
         self.sign_vector = None if sign_vector is None else _resolve_sign(sign_vector, None, self.hadamard)
-        self.fp8_calls = 0
-        self.fallback_calls = 0
+        self._counts = _Counts()
+        self._count_key = next(_KEYS)  # a constant int: what the traced code passes to _count
+        _COUNTS[self._count_key] = self._counts
+        weakref.finalize(self, _COUNTS.pop, self._count_key, None)
         self._warned = False
 
+    @property
+    def fp8_calls(self) -> int:
+        return self._counts.fp8
+
+    @property
+    def fallback_calls(self) -> int:
+        return self._counts.fallback
+
     def reset_counters(self) -> None:
-        self.fp8_calls = 0
-        self.fallback_calls = 0
+        self._counts.fp8 = 0
+        self._counts.fallback = 0
 
     def forward(self, *args, **kwargs):
-        with _SDPARouter(self):
-            return self.model(*args, **kwargs)
+        tally = [0, 0]
+        with _SDPARouter(self, tally):
+            out = self.model(*args, **kwargs)
+        if torch.compiler.is_compiling():
+            _count(self._count_key, tally[0], tally[1])
+        return out
 
-    def _route(self, args, kwargs):
+    def _tally(self, tally: list, fp8: bool) -> None:
+        if torch.compiler.is_compiling():
+            tally[0 if fp8 else 1] += 1
+        elif fp8:
+            self._counts.fp8 += 1
+        else:
+            self._counts.fallback += 1
+
+    def _route(self, args, kwargs, tally):
         bound = _bind(args, kwargs)
         if bound is None:  # let SDPA raise its own error for a malformed call
             return _SDPA(*args, **kwargs)
@@ -103,12 +166,12 @@ class LowPrecisionAttention(torch.nn.Module):
         backend = resolve_backend(self.backend, query.device)  # RuntimeError: no backend (never bf16)
         why = unsupported_reason(**bound, backend=backend, hadamard=self.hadamard)
         if why is None:
-            self.fp8_calls += 1
+            self._tally(tally, True)
             return fp8_sdpa(**bound, hadamard=self.hadamard, backend=backend, sign_vector=self.sign_vector)
         if self.unsupported == "raise":
             raise ValueError(f"apply_low_precision_attention: SDPA call cannot run in FP8: {why}")
-        self.fallback_calls += 1
-        if not self._warned and not torch.compiler.is_compiling():
+        self._tally(tally, False)
+        if not torch.compiler.is_compiling() and not self._warned:  # is_compiling first: no guard on _warned
             self._warned = True
             warnings.warn(f"apply_low_precision_attention: an SDPA call runs in the original precision "
                           f"({why}); further fallbacks of this module are counted in fallback_calls, not "

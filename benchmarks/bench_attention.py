@@ -19,6 +19,14 @@ bf16 (B, S, H, D) tensors, as a model's projections produce them; the SDPA-style
 - ``quantize-only-qkv``  ``quantize_qkv`` with the Hadamard rotation;
 - ``rotate-back-only``   the inverse rotation of a bf16 (B, S, H, D) output (``hadamard_transform``).
 
+Compiled two-layer causal attention block (op ``block-compiled-<mode>``, S in {4096, 16384}; 4096 only
+with ``--quick``): per layer x + o(SDPA(qkv(x), is_causal=True)) with ``nn.Linear(4096, 3*4096)`` /
+``nn.Linear(4096, 4096)`` (no bias), 32 heads of 128, bf16, B=1, compiled with ``fullgraph=True`` in
+default mode and ``mode="reduce-overhead"``: ``bf16-block`` (plain) vs ``fp8-fa3-block``
+(``apply_low_precision_attention(backend=FP8_FA3)``, same compile). The FP8 row's check is the SQNR (dB)
+of its output against the bf16 block's, and its metric name carries the recompiles over 20 calls after
+the first (dynamo's ``stats/unique_graphs`` counter; must be 0), e.g. ``sqnr_vs_bf16_db|recompiles_20=0``.
+
 TFLOP/s via ``harness.attention_flops`` (halved when causal); ``speedup`` against ``bf16-fa3``. Without an
 FA3 provider the FA3 cases are skipped with a printed note. On CPU (``ctx.quick``): one tiny
 FP8_REFERENCE case, a plumbing smoke whose timing means nothing.
@@ -36,6 +44,76 @@ from benchmarks.harness import Case, Context, attention_flops, bytes_read_write
 SUITE = "attention"
 GPU_SIZES = [4096, 16384, 65536]
 B, H, D = 1, 32, 128
+BLOCK_SIZES = [4096, 16384]
+
+
+class _Layer(torch.nn.Module):
+    def __init__(self, dim: int = H * D, heads: int = H):
+        super().__init__()
+        self.heads = heads
+        self.qkv = torch.nn.Linear(dim, 3 * dim, bias=False)
+        self.o = torch.nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x):
+        b, s, dim = x.shape
+        q, k, v = self.qkv(x).view(b, s, 3, self.heads, dim // self.heads).unbind(2)
+        a = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                                             v.transpose(1, 2), is_causal=True)
+        return x + self.o(a.transpose(1, 2).reshape(b, s, dim))
+
+
+class _Block(torch.nn.Module):
+    """Two causal attention layers (QKV projection, SDPA, output projection, residual)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.ModuleList([_Layer(), _Layer()])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def _block_cases(sizes) -> Iterable[Case]:
+    """bf16 vs FP8 (FA3) compiled two-layer block rows; see the module docstring."""
+    from attention import AttentionBackend, apply_low_precision_attention
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    block = _Block().to(device="cuda", dtype=torch.bfloat16).eval()
+    g = torch.Generator(device="cuda").manual_seed(1)
+    for s in sizes:
+        x = torch.randn(B, s, H * D, generator=g, device="cuda", dtype=torch.float32).to(torch.bfloat16)
+        flops = 2 * (attention_flops(B, H, s, s, D, True) + 2 * B * s * (H * D) * (4 * H * D))
+        shape = f"{B}x{s}x{H * D}"
+        for mode in ("default", "reduce-overhead"):
+            op = f"block-compiled-{mode}"
+            kw = {"dynamic": False} if mode == "default" else {"dynamic": False, "mode": mode}
+            bf16 = torch.compile(block, fullgraph=True, **kw)
+            fp8 = torch.compile(apply_low_precision_attention(block, backend=AttentionBackend.FP8_FA3),
+                                fullgraph=True, **kw)
+
+            def run(fn, x=x):
+                with torch.no_grad():
+                    return fn(x)
+
+            def check(bf16=bf16, fp8=fp8, run=run):
+                want = run(bf16).clone()  # clone: CUDA-graph outputs are overwritten by the next replay
+                got = run(fp8).clone()
+                before = counters["stats"]["unique_graphs"]
+                for _ in range(20):
+                    run(fp8)
+                recompiles = counters["stats"]["unique_graphs"] - before
+                val = _sqnr(got, want)
+                return f"sqnr_vs_bf16_db|recompiles_20={recompiles}", val, val >= 20.0 and recompiles == 0
+
+            base_key = f"{SUITE}/{op}/bf16-block/{shape}/bf16"
+            yield Case(suite=SUITE, op=op, impl="bf16-block", shape=shape, dtype="bf16", size=s, flops=flops,
+                       fn=lambda bf16=bf16, run=run: run(bf16), note="2 layers, fullgraph")
+            yield Case(suite=SUITE, op=op, impl="fp8-fa3-block", shape=shape, dtype="bf16", size=s, flops=flops,
+                       fn=lambda fp8=fp8, run=run: run(fp8), baseline=base_key, check=check,
+                       note="apply_low_precision_attention(FP8_FA3), fullgraph")
 
 
 def _sqnr(approx: torch.Tensor, ref: torch.Tensor) -> float:
@@ -78,10 +156,10 @@ def cases(ctx: Context) -> Iterable[Case]:
 
     fa3 = None
     if has_fa3() and torch.cuda.get_device_capability()[0] == 9:
-        from attention.backends import fa3_provider
+        from attention.backends import fa3_call_path, fa3_provider
 
         provider, fa3 = fa3_provider()
-        print(f"# attention: FA3 provider {provider}")
+        print(f"# attention: FA3 provider {provider}; fp8_sdpa calls it via {fa3_call_path()}")
     else:
         print("# attention: no FA3 provider on this machine (or not SM90): FA3 cases skipped; "
               "only the quantization / rotation cases run")
@@ -156,3 +234,5 @@ def cases(ctx: Context) -> Iterable[Case]:
 
             yield Case(suite=SUITE, op=op, impl="fp8-kernel-only", shape=shape, dtype="bf16", fn=kernel_only,
                        flops=flops, baseline=base_key, size=s, note="pre-quantized")
+    if fa3 is not None:
+        yield from _block_cases([s for s in (ctx.sizes or BLOCK_SIZES) if not ctx.quick or s == 4096] or [4096])

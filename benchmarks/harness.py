@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as _dt
+import gc
 import json
 import os
 import platform
@@ -60,10 +61,40 @@ class Case:
     baseline: Optional[str] = None
     size: Optional[int] = None  # x-axis for plots (e.g. n, or S)
     note: str = ""
+    # How ``ms`` is measured: ``timer(fn, device) -> ms`` (default ``bench_ms``); ``timing`` names it in
+    # the row ("host", "wall", "device"). ``ratio_to``: the key of a case of the same suite (it may be
+    # the case itself) whose time divides this one (row field ``ratio``). ``target``: a bound checked
+    # on the row (fields ``target``, ``target_met``); a missed target is reported, not a failure.
+    timer: Optional[Callable[[Callable[[], Any], str], float]] = None
+    timing: str = ""
+    ratio_to: Optional[str] = None
+    target: Optional["Target"] = None
 
     @property
     def key(self) -> str:
         return f"{self.suite}/{self.op}/{self.impl}/{self.shape}/{self.dtype}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A target bound on a row: on its ``ratio`` (``unit="x"``) or on its time (``unit="us"``).
+    ``plus_ratio_of``: the bound is that row's ratio plus ``bound`` (e.g. "the FA3 call's ratio + 6")."""
+
+    bound: float
+    unit: str = "x"
+    plus_ratio_of: Optional[str] = None
+
+    def evaluate(self, ms: float, ratio: Optional[float], ratios: dict) -> tuple[str, Optional[bool]]:
+        """(the bound as text, met); met is None when it cannot be decided (reference row missing)."""
+        if self.unit == "us":
+            return f"<= {self.bound:g} us", ms * 1e3 <= self.bound
+        if self.plus_ratio_of is not None:
+            ref = ratios.get(self.plus_ratio_of)
+            if ref is None:
+                return f"<= ratio({self.plus_ratio_of}) + {self.bound:g}x (reference row missing)", None
+            limit = ref + self.bound
+            return f"<= {ref:.2f}x + {self.bound:g}x = {limit:.2f}x", None if ratio is None else ratio <= limit
+        return f"<= {self.bound:g}x", None if ratio is None else ratio <= self.bound
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,6 +120,46 @@ def bench_ms(fn: Callable[[], Any], device: str, *, warmup_ms: float = 25, rep_m
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def loop_ms(fn: Callable[[], Any], device: str, *, calls: int, reps: int, warmup: int = 3,
+            wall: bool = False) -> float:
+    """Time per call of ``fn`` called ``calls`` times back to back, in milliseconds: the median over
+    ``reps`` repetitions of the timed loop. No synchronisation inside the loop; one ``synchronize``
+    before it and one after. ``wall=False``: the loop's own time (the host's enqueue time per call;
+    with tiny inputs the GPU never holds the host back). ``wall=True``: up to the end of the closing
+    synchronize (the host time or the device time per call, whichever is longer, plus one sync over
+    ``calls``). ``warmup`` untimed calls first (compilation and autotuning happen on the first calls).
+    The garbage collector is paused while timing so that a collection does not land in one loop."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(max(1, warmup)):
+        fn()
+    sync()
+    times = []
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(reps):
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            t1 = time.perf_counter()
+            sync()
+            t2 = time.perf_counter()
+            times.append(((t2 if wall else t1) - t0) * 1e3 / calls)
+    finally:
+        if was_enabled:
+            gc.enable()
+    return statistics.median(times)
+
+
+def loop_timer(calls: int, reps: int, warmup: int = 3, wall: bool = False) -> Callable[[Callable[[], Any], str], float]:
+    """A ``Case.timer`` that runs ``loop_ms`` with these settings."""
+    def timer(fn: Callable[[], Any], device: str) -> float:
+        return loop_ms(fn, device, calls=calls, reps=reps, warmup=warmup, wall=wall)
+    return timer
 
 
 class GraphReplay:
@@ -192,6 +263,86 @@ def environment(device: str) -> dict:
         "time": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "interpreter": os.environ.get("TRITON_INTERPRET", "0") == "1",
     }
+
+
+def row_key(row: dict) -> str:
+    """The key of a result row: the ``Case.key`` it came from."""
+    return f"{row.get('suite')}/{row.get('op')}/{row.get('impl')}/{row.get('shape')}/{row.get('dtype')}"
+
+
+WITHIN_PCT = 10.0  # the issue's target: every row within +-10% of its median over fresh processes
+
+
+def merge_processes(runs: list[list[dict]]) -> tuple[list[dict], list[dict]]:
+    """Merge the rows of N processes (``runs[i]``: process i's rows) into (results rows, spread rows).
+
+    Rows are matched by ``row_key`` (a key repeated within one process gets ``#2``, ``#3``...). A row
+    counts as failed in a process where it is missing, carries ``error``, or has no ``ms``.
+
+    Results row per key: the whole row (its GB/s, ratio, check...) of the process whose time is the
+    median among the processes where the row succeeded (the lower median for an even count), plus
+    ``processes`` (N), ``process`` (which one, from 1) and ``spread_pct``; a row that failed in every
+    process keeps the first process's row. Spread row per key: ``key``, suite/op/impl/shape/dtype,
+    ``processes``, ``ok`` (processes where it succeeded), ``median_ms`` (``statistics.median``),
+    ``min_ms``, ``max_ms``, ``spread_pct`` = (max - min) / median * 100, ``within_10pct`` (True when
+    the row succeeded in every process and each time is within +-10% of the median; None with fewer
+    than two successes), ``median_ratio`` / ``ratio_spread_pct`` where rows carry a ``ratio``,
+    ``status`` ("ok", or which processes failed and why / failed their check), and the picked row's
+    gpu/torch/triton/commit/time."""
+    n = len(runs)
+    order: list[str] = []
+    slots: dict[str, list[Optional[dict]]] = {}
+    for i, rows in enumerate(runs):
+        seen: dict[str, int] = {}
+        for r in rows:
+            key = row_key(r)
+            seen[key] = seen.get(key, 0) + 1
+            if seen[key] > 1:
+                key = f"{key}#{seen[key]}"
+            if key not in slots:
+                slots[key] = [None] * n
+                order.append(key)
+            slots[key][i] = r
+    merged, spread = [], []
+    for key in order:
+        rs = slots[key]
+        ok = [(i, r) for i, r in enumerate(rs) if r is not None and not r.get("error") and r.get("ms") is not None]
+        problems = []
+        for i, r in enumerate(rs):
+            if r is None:
+                problems.append(f"missing in process {i + 1}")
+            elif r.get("error"):
+                problems.append(f"failed in process {i + 1}: {str(r['error'])[:120]}")
+            elif r.get("ms") is None:
+                problems.append(f"no time in process {i + 1}")
+            elif r.get("check_ok") is False:
+                problems.append(f"check failed in process {i + 1}")
+        first = next(r for r in rs if r is not None)
+        srow: dict[str, Any] = {"key": key, **{k: first.get(k) for k in ("suite", "op", "impl", "shape", "dtype")},
+                                "processes": n, "ok": len(ok)}
+        if ok:
+            ms = [r["ms"] for _, r in ok]
+            med = statistics.median(ms)
+            pick_i, pick = sorted(ok, key=lambda t: t[1]["ms"])[(len(ok) - 1) // 2]
+            spread_pct = 100.0 * (max(ms) - min(ms)) / med if med > 0 else None
+            within = None
+            if len(ok) >= 2:
+                within = len(ok) == n and all(abs(t - med) <= WITHIN_PCT / 100.0 * med for t in ms)
+            srow.update(median_ms=med, min_ms=min(ms), max_ms=max(ms), spread_pct=spread_pct, within_10pct=within)
+            ratios = [r["ratio"] for _, r in ok if r.get("ratio") is not None]
+            if ratios:
+                rmed = statistics.median(ratios)
+                srow.update(median_ratio=rmed,
+                            ratio_spread_pct=100.0 * (max(ratios) - min(ratios)) / rmed if rmed > 0 else None)
+            merged.append({**pick, "processes": n, "process": pick_i + 1, "spread_pct": spread_pct})
+        else:
+            srow.update(median_ms=None, min_ms=None, max_ms=None, spread_pct=None, within_10pct=None)
+            merged.append({**first, "processes": n, "process": rs.index(first) + 1, "spread_pct": None})
+        srow["status"] = "; ".join(problems) or "ok"
+        src = merged[-1]
+        srow.update({k: src.get(k) for k in ("gpu", "torch", "triton", "commit", "time")})
+        spread.append(srow)
+    return merged, spread
 
 
 def write_results(rows: list[dict], tag: str) -> list[Path]:

@@ -1,19 +1,94 @@
-"""Markdown tables from a results file: ``python -m benchmarks.report benchmarks/results/<tag>.json``."""
+"""Markdown tables from a results file: ``python -m benchmarks.report benchmarks/results/<tag>.json``.
+
+A results file (``<tag>.json``) gives one table per suite; rows of the ``host`` suite (they carry a
+``ratio`` to ``torch.add``) get the host table instead. A spread file (``<tag>_spread.json``, written
+by ``python -m benchmarks --processes N``) gives the spread table. The tour prints the host and spread
+tables as aligned text with the same columns (``aligned``).
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+from typing import Callable, Optional
 
 
 def _f(v, spec):
     return "" if v is None else format(v, spec)
 
 
+def _yes_no(v: Optional[bool]) -> str:
+    return "-" if v is None else ("yes" if v else "no")
+
+
+def _us(key: str) -> Callable[[dict], str]:
+    return lambda r: _f(None if r.get(key) is None else r[key] * 1e3, ".1f")
+
+
+# (header, cell) per column; the cell function formats one row
+HOST_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
+    ("op", lambda r: str(r.get("op"))),
+    ("impl", lambda r: str(r.get("impl"))),
+    ("shape", lambda r: str(r.get("shape"))),
+    ("dtype", lambda r: str(r.get("dtype"))),
+    ("timing", lambda r: str(r.get("timing") or "")),
+    ("us/call", lambda r: "ERROR " + str(r["error"])[:60] if r.get("error") else _us("ms")(r)),
+    ("x torch.add", lambda r: _f(r.get("ratio"), ".2f")),
+    ("target", lambda r: str(r.get("target") or "")),
+    ("met", lambda r: "" if "target_met" not in r else _yes_no(r["target_met"])),
+]
+
+SPREAD_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
+    ("key", lambda r: str(r.get("key"))),
+    ("ok/N", lambda r: f"{r.get('ok')}/{r.get('processes')}"),
+    ("median us", _us("median_ms")),
+    ("min us", _us("min_ms")),
+    ("max us", _us("max_ms")),
+    ("spread %", lambda r: _f(r.get("spread_pct"), ".1f")),
+    ("within +-10%", lambda r: _yes_no(r.get("within_10pct"))),
+    ("status", lambda r: str(r.get("status"))),
+]
+
+
+def aligned(rows: list[dict], columns) -> str:
+    """Rows as an aligned plain-text table (numbers right-aligned)."""
+    cells = [[cell(r) for _, cell in columns] for r in rows]
+    widths = [max([len(h)] + [len(c[j]) for c in cells]) for j, (h, _) in enumerate(columns)]
+
+    def numeric(j):
+        vals = [c[j] for c in cells if c[j] not in ("", "-")]
+        return bool(vals) and all(v.replace(".", "", 1).replace("-", "", 1).isdigit() for v in vals)
+
+    right = [numeric(j) for j in range(len(columns))]
+    fmt = lambda vals: "  ".join(v.rjust(w) if rj else v.ljust(w) for v, w, rj in zip(vals, widths, right))  # noqa: E731
+    lines = [fmt([h for h, _ in columns]), "  ".join("-" * w for w in widths)]
+    return "\n".join([*lines, *(fmt(c).rstrip() for c in cells)])
+
+
+def markdown(rows: list[dict], columns) -> str:
+    out = ["| " + " | ".join(h for h, _ in columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    out += ["| " + " | ".join(cell(r).replace("|", "/") for _, cell in columns) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _header(head: dict) -> str:
+    return (f"GPU: {head.get('gpu')} | torch {head.get('torch')} | triton {head.get('triton')} | "
+            f"commit {head.get('commit')} | {head.get('time')}")
+
+
+def spread_tables(rows: list[dict]) -> str:
+    n = rows[0].get("processes") if rows else 0
+    return "\n".join([_header(rows[0]), "", f"### spread over {n} fresh processes", "",
+                      "Per row: its time in each process; spread = (max - min) / median; within +-10%: every "
+                      "process ran it and each time lies within 10% of the median.", "",
+                      markdown(rows, SPREAD_COLUMNS), ""])
+
+
 def tables(rows: list[dict]) -> str:
+    if rows and "spread_pct" in rows[0] and "key" in rows[0]:
+        return spread_tables(rows)
     head = rows[0]
-    out = [f"GPU: {head.get('gpu')} | torch {head.get('torch')} | triton {head.get('triton')} | "
-           f"commit {head.get('commit')} | {head.get('time')}", ""]
+    out = [_header(head), ""]
     ceiling = next((r for r in rows if r.get("suite") == "ceiling"), None)
     if ceiling:
         out += [f"Ceiling: torch.clone {ceiling['gbps']:.0f} GB/s (bytes read + written), same run.", ""]
@@ -22,6 +97,11 @@ def tables(rows: list[dict]) -> str:
         if r.get("suite") != "ceiling":
             suites.setdefault(r["suite"], []).append(r)
     for suite, rs in suites.items():
+        if any("ratio" in r or "target" in r for r in rs):
+            out += [f"### {suite}", "", "Host time per eager call (enqueue only, tiny inputs), as a ratio to "
+                    "`torch.add` timed in the same process; `device`: time per CUDA-graph replay; `wall`: "
+                    "until the GPU finished.", "", markdown(rs, HOST_COLUMNS), ""]
+            continue
         out += [f"### {suite}", "", "| op | impl | shape | dtype | us | GB/s | % clone | TFLOP/s | speedup | check |",
                 "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
         for r in rs:

@@ -166,6 +166,11 @@ def _validate_per_head(x, group_size, layout, cos, sin) -> None:
 # ---------------------------------------------------------------------------------------------
 # Custom ops (what torch.compile sees; eager calls go to quantize_launch directly)
 # ---------------------------------------------------------------------------------------------
+# These two stay opaque ``custom_op``s, not ``triton_op``s (unlike hadamard_kernels' ops): the
+# kernels take each tensor as a tuple (ptr, strides...) and wrap_triton's tracing (torch 2.13) keeps a
+# tuple argument as a constant of the launch, tensors inside it included, so Inductor would launch
+# with the tensors seen at trace time. Flattening the tuples would give the kernels ~40 parameters
+# (the limit is 24), and a traced body could not validate a sign tensor (that needs its values).
 
 def _op_spec(x: torch.Tensor, layout: str, cos, rope_interleaved: bool, had_qk: bool, had_v: bool,
              sign: Optional[torch.Tensor], sign_values: Optional[list[float]]) -> QuantSpec:

@@ -22,10 +22,10 @@ tile (KP = K rounded up to a power of two, masked), and round once at the store.
 from the tables of ``hadamard_kernels.dispatch_table`` (written by ``python -m benchmarks.dispatch``
 from the tour's measured rows, never by hand).
 
-Call path: the public functions validate once, then launch the kernel directly in eager mode
-(``_launch``, no custom-op dispatcher), and go through the registered custom op under
-``torch.compile`` or when autograd records (``x.requires_grad``). ``_launch(x, scale, h_k, kernel,
-config=None)`` is the seam tests and benchmarks use to force a kernel and a ``triton.Config``.
+Call path: public functions validate once, then launch directly in eager mode (``_launch``, no
+dispatcher), and go through the registered ``triton_op`` (Inductor compiles the launch itself) under
+``torch.compile`` or when autograd records. ``_launch(x, scale, h_k, kernel, config=None)`` is the
+seam tests and benchmarks use to force a kernel and a ``triton.Config``.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from hadamard_kernels.dispatch_table import DEFAULT, DISPATCH, DISPATCH_K
 from hadamard_kernels.matrices import HADAMARD_K, hadamard_k_matrix, is_hadamard, is_power_of_two
 from hadamard_kernels.runtime import autotune_do_bench, autotune_configs, bucket, launch
 from hadamard_kernels.triton_helpers import butterfly_stages
+from hadamard_kernels.triton_ops import traced_launch, triton_library_op
 
 # --- Constants -------------------------------------------------------------------------------
 
@@ -207,10 +208,8 @@ def _fwht_matmul_kernel(
     _store_rows(out_ptr, y, rows, col, mask, pid, M, N, BLOCK_M, KP, P, FLAT)
 
 
-# ---------------------------------------------------------------------------------------------
-# Autotune: TILE = elements per program (BLOCK_M rows = ceil(TILE / (KP * P)), at least one whole
-# row), so every config is valid for every n and the interpreter's single config runs everywhere.
-# ---------------------------------------------------------------------------------------------
+# --- Autotune: TILE = elements per program (BLOCK_M rows = ceil(TILE / (KP * P)), at least one
+# whole row), so every config is valid for every n and the interpreter's single config runs everywhere.
 
 # <= 5 configs per kernel (each autotune key compiles every config that survives the prune; GPU
 # compile time dominates a tour). The first is the interpreter's and the only one under
@@ -298,11 +297,12 @@ def _as_rows(x: torch.Tensor):
 
 
 def _launch(x: torch.Tensor, scale: float, h_k: Optional[torch.Tensor], kernel: str,
-            config: Optional[triton.Config] = None) -> torch.Tensor:
+            config: Optional[triton.Config] = None, traced: bool = False) -> torch.Tensor:
     """The seam: ``(x @ M) * scale`` with ``kernel`` ("butterfly" or "matmul"); ``config=None``
     autotunes, a ``triton.Config`` launches exactly that config. Takes what the public functions
     validated: n = K * 2^m supported by the kernel, h_k None (K = 1) or a square K x K matrix on x's
-    device (read as fp32 contiguous: a no-op for the public functions' H_K)."""
+    device (read as fp32 contiguous: a no-op for the public functions' H_K). ``traced``: launch
+    through ``wrap_triton`` (the registered ops' bodies, see ``hadamard_kernels.triton_ops``)."""
     n = x.shape[-1]
     k = 1 if h_k is None else int(h_k.shape[0])
     p = n // k
@@ -321,37 +321,35 @@ def _launch(x: torch.Tensor, scale: float, h_k: Optional[torch.Tensor], kernel: 
     flat = k == 1 and r1 == 1 and (m == 1 or s0 == n)
     args = (xr, out, hk, m, r1, s0, s1, float(scale), bucket(m))
     consts = dict(N=n, K=k, KP=kp, P=p, LOG_P=p.bit_length() - 1, FLAT=flat)
+    run = traced_launch if traced else launch
     if kernel == "butterfly":
-        launch(_butterfly_tuned, grid, args, consts, config)
+        run(_butterfly_tuned, grid, args, consts, config)
     elif kernel == "matmul":
         f1, f2, f3 = _factors(p)
         consts.update(F1=f1, LOG_F1=f1.bit_length() - 1, F2=f2, LOG_F2=f2.bit_length() - 1,
                       F3=f3, LOG_F3=f3.bit_length() - 1, SPLITS=3 if x.dtype == torch.float32 else 2)
-        launch(_matmul_tuned, grid, args, consts, config)
+        run(_matmul_tuned, grid, args, consts, config)
     else:
         raise ValueError(f"kernel must be 'butterfly' or 'matmul', got {kernel!r}")
     return out
 
 
-# --- Custom ops (+ fake implementations, autograd): torch.compile and autograd go through these ---
-
-
-@torch.library.custom_op("hadamard_kernels::fwht_butterfly", mutates_args=())
-def _fwht_butterfly_op(x: torch.Tensor, scale: float, h_k: Optional[torch.Tensor]) -> torch.Tensor:
-    return _launch(x, scale, h_k, "butterfly")
-
-
-@torch.library.custom_op("hadamard_kernels::fwht_matmul", mutates_args=())
-def _fwht_matmul_op(x: torch.Tensor, scale: float, h_k: Optional[torch.Tensor]) -> torch.Tensor:
-    return _launch(x, scale, h_k, "matmul")
+# --- Ops (triton_op: Inductor compiles the launch; custom_op + fake under the interpreter) and
+# autograd: torch.compile and autograd go through these ---
 
 
 def _fake(x, scale, h_k):
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
-torch.library.register_fake("hadamard_kernels::fwht_butterfly")(_fake)
-torch.library.register_fake("hadamard_kernels::fwht_matmul")(_fake)
+@triton_library_op("hadamard_kernels::fwht_butterfly", _fake)
+def _fwht_butterfly_op(x: torch.Tensor, scale: float, h_k: Optional[torch.Tensor]) -> torch.Tensor:
+    return _launch(x, scale, h_k, "butterfly", traced=True)
+
+
+@triton_library_op("hadamard_kernels::fwht_matmul", _fake)
+def _fwht_matmul_op(x: torch.Tensor, scale: float, h_k: Optional[torch.Tensor]) -> torch.Tensor:
+    return _launch(x, scale, h_k, "matmul", traced=True)
 
 
 def _setup_context(ctx, inputs, output):
@@ -384,7 +382,6 @@ def _run(kernel: str, x: torch.Tensor, scale: float, h_k: Optional[torch.Tensor]
     if torch.compiler.is_compiling() or (x.requires_grad and torch.is_grad_enabled()):
         return _OPS[kernel](x, scale, h_k)
     return _launch(x, scale, h_k, kernel)
-
 
 # --- Validation, kernel choice, public functions ---------------------------------------------
 
@@ -463,8 +460,14 @@ def hadamard_transform(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=None)
-def _default_hk(k: int, device: torch.device) -> torch.Tensor:
+def _default_hk_cached(k: int, device: torch.device) -> torch.Tensor:
     return hadamard_k_matrix(k, torch.float32, device)
+
+
+# torch.compile: a graph constant built once while tracing (dynamo would trace through the lru_cache)
+@torch.compiler.assume_constant_result
+def _default_hk(k: int, device: torch.device) -> torch.Tensor:
+    return _default_hk_cached(k, device)
 
 
 def _resolve_hk(k: int, h_k: Optional[torch.Tensor], device: torch.device, name: str) -> torch.Tensor:

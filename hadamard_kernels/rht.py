@@ -27,7 +27,7 @@ errors are fp32 accumulation and the fp32 scale, far below the output rounding);
 Seam: ``_rht_launch(x, sv, axis, inverse, config=None)`` runs the autotuned kernel (``config=None``)
 or exactly one ``triton.Config`` (tests, benchmarks). The public functions validate once and call it
 directly in eager mode; under ``torch.compile`` (and when autograd records a graph) they go through
-the registered op ``hadamard_kernels::rht``.
+the registered op ``hadamard_kernels::rht`` (a ``triton_op``: Inductor compiles the launch).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import triton.language as tl
 from hadamard_kernels.matrices import is_power_of_two
 from hadamard_kernels.runtime import autotune_do_bench, autotune_configs, bucket, launch
 from hadamard_kernels.signs import DEFAULT_SIGN_VECTOR, SignVector, as_sign_vector, random_sign_vector
+from hadamard_kernels.triton_ops import graph_constant, traced_launch, triton_library_op
 
 __all__ = ["rht", "inverse_rht", "get_rht_matrix", "DEFAULT_SIGN_VECTOR", "random_sign_vector"]
 
@@ -223,10 +224,11 @@ def _size_bucket(numel: int) -> int:
 
 
 def _rht_launch(x: torch.Tensor, sv: SignVector, axis: int, inverse: bool,
-                config: "triton.Config | None" = None) -> torch.Tensor:
+                config: "triton.Config | None" = None, traced: bool = False) -> torch.Tensor:
     """The seam: RHT (or inverse) of x along ``axis`` with d = len(sv). x, sv and axis are validated
     by the caller. ``config=None`` autotunes; a ``triton.Config`` (BLOCK_R or BLOCK_I, TILES, warps,
-    stages) launches exactly that config on the rows (axis last) or columns kernel."""
+    stages) launches exactly that config on the rows (axis last) or columns kernel. ``traced``: the
+    op body's launch through ``wrap_triton``, the cached matrix a graph constant."""
     d = len(sv)
     axis = axis % x.dim()
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -234,36 +236,41 @@ def _rht_launch(x: torch.Tensor, sv: SignVector, axis: int, inverse: bool,
         return y
     xc = x.contiguous()
     inner = math.prod(x.shape[axis + 1:])
-    m = sv.pm1_matrix(inverse, x.device, x.dtype)  # cached on sv, never handed to callers
+    if traced:
+        m = graph_constant(lambda: sv.pm1_matrix(inverse, x.device, x.dtype))
+    else:
+        m = sv.pm1_matrix(inverse, x.device, x.dtype)  # cached on sv, never handed to callers
+    run = traced_launch if traced else launch
     consts = dict(D=d, IS_FP32=x.dtype == torch.float32)
     sb = _size_bucket(x.numel())
     scale = 1.0 / math.sqrt(d)
     if inner == 1:
         n_rows = x.numel() // d
         grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_R"] * meta["TILES"]),)  # noqa: E731
-        launch(_rht_rows, grid, (xc, y, m, scale, n_rows, sb), consts, config)
+        run(_rht_rows, grid, (xc, y, m, scale, n_rows, sb), consts, config)
     else:
         n_blocks = x.numel() // (d * inner)
         grid = lambda meta: (n_blocks, triton.cdiv(inner, meta["BLOCK_I"] * meta["TILES"]))  # noqa: E731
-        launch(_rht_cols, grid, (xc, y, m, scale, inner, sb), consts, config)
+        run(_rht_cols, grid, (xc, y, m, scale, inner, sb), consts, config)
     return y
 
 
 # -------------------------------------------------------------------------------------------------
-# Custom op (torch.compile, autograd recording, torch.ops.hadamard_kernels.rht)
+# Op (torch.compile, autograd recording, torch.ops.hadamard_kernels.rht): a triton_op whose body
+# Inductor traces (the signs are a constant list, the +-1 matrix a graph constant); a custom_op
+# with this fake under the interpreter (hadamard_kernels.triton_ops)
 # -------------------------------------------------------------------------------------------------
 
-@torch.library.custom_op("hadamard_kernels::rht", mutates_args=())
+def _rht_fake(x, signs, axis, inverse):
+    _validate(x, len(signs), axis, "inverse_rht" if inverse else "rht")
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@triton_library_op("hadamard_kernels::rht", _rht_fake)
 def _rht_op(x: torch.Tensor, signs: list[int], axis: int, inverse: bool) -> torch.Tensor:
     sv = as_sign_vector(signs, name="signs")  # a list: checked in Python, cached per tuple
     axis = _validate(x, len(sv), axis, "inverse_rht" if inverse else "rht")  # the op is callable directly
-    return _rht_launch(x, sv, axis, inverse)
-
-
-@_rht_op.register_fake
-def _(x, signs, axis, inverse):
-    _validate(x, len(signs), axis, "inverse_rht" if inverse else "rht")
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    return _rht_launch(x, sv, axis, inverse, traced=True)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from hadamard_kernels.runtime import (autotune_configs, autotune_do_bench, bucke
                                       uses_tma)
 from hadamard_kernels.signs import SignVector, as_sign_vector
 from hadamard_kernels.triton_helpers import abs_bits
+from hadamard_kernels.triton_ops import graph_constant, traced_launch, triton_library_op
 
 SUPPORTED_SCALING = ("tensorwise",)
 _SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -243,18 +244,19 @@ def _tma_ok(x: torch.Tensor) -> bool:
 
 
 def _rht_amax_launch(x: torch.Tensor, sv: SignVector, axis: int, config: "triton.Config | None" = None,
-                     use_tma: "bool | None" = None):
+                     use_tma: "bool | None" = None, traced: bool = False):
     """The seam: (max |RHT(x)|, max |x|) of a validated 2-D x along ``axis`` (0 or 1), d = len(sv).
 
     ``config=None`` autotunes; a ``triton.Config`` of the axis' list launches exactly that config.
     ``use_tma``: None picks TMA loads where they work (SM90+, unit last stride, 16-byte aligned
-    rows), False forces pointer loads, True requires TMA (ValueError where it does not work)."""
+    rows), False forces pointer loads, True requires TMA (ValueError where it does not work).
+    ``traced`` (the op body): launch through ``wrap_triton`` with pointer loads, see the op."""
     d = len(sv)
     out_r = torch.zeros((), dtype=torch.int32, device=x.device)
     out_x = torch.zeros((), dtype=torch.int32, device=x.device)
     if x.numel() == 0:
         return out_r.view(torch.float32), out_x.view(torch.float32)
-    tma_ok = _tma_ok(x)
+    tma_ok = False if traced else _tma_ok(x)
     if use_tma and not tma_ok:
         raise ValueError("use_tma=True needs TMA (compiled SM90+, unit last stride, 16-byte aligned rows)")
     use_tma = tma_ok if use_tma is None else use_tma
@@ -265,10 +267,15 @@ def _rht_amax_launch(x: torch.Tensor, sv: SignVector, axis: int, config: "triton
         config = amax_configs(axis, d)[0]
     M, N = x.shape
     n_progs = num_sms(x.device)
-    m = sv.rht_matrix(x.device, x.dtype)  # cached on sv, never handed to callers
+    if traced:
+        m = graph_constant(lambda: sv.rht_matrix(x.device, x.dtype))
+    else:
+        m = sv.rht_matrix(x.device, x.dtype)  # cached on sv, never handed to callers
     args = (x, m, out_r, out_x, M, N, x.stride(0), x.stride(1), n_progs, bucket(x.numel()).bit_length())
     consts = dict(D=d, IS_FP32=x.dtype == torch.float32, USE_TMA=use_tma)
-    if use_tma:
+    if traced:
+        traced_launch(kernel, (n_progs,), args, consts, config)
+    elif use_tma:
         with tma_allocator():
             launch(kernel, (n_progs,), args, consts, config)
     else:
@@ -277,20 +284,24 @@ def _rht_amax_launch(x: torch.Tensor, sv: SignVector, axis: int, config: "triton
 
 
 # -------------------------------------------------------------------------------------------------
-# Custom op (torch.compile, autograd recording, torch.ops.hadamard_kernels.rht_amax)
+# Op (torch.compile, autograd recording, torch.ops.hadamard_kernels.rht_amax): a triton_op whose
+# body Inductor traces, a custom_op with this fake under the interpreter (hadamard_kernels.triton_ops).
+# The traced body uses pointer loads (USE_TMA=False, same result bit for bit): whether TMA works
+# depends on the input's address (``_tma_ok`` reads ``data_ptr()``, which a traced tensor does not
+# have), and device-side descriptors need ``triton.set_allocator`` around the launch, which a launch
+# in Inductor's generated code would not get from ``tma_allocator()``.
 # -------------------------------------------------------------------------------------------------
 
-@torch.library.custom_op("hadamard_kernels::rht_amax", mutates_args=())
+def _rht_amax_fake(x, signs, axis):
+    _validate(x, len(signs), axis, "tensorwise")
+    return x.new_empty((), dtype=torch.float32), x.new_empty((), dtype=torch.float32)
+
+
+@triton_library_op("hadamard_kernels::rht_amax", _rht_amax_fake)
 def _rht_amax_op(x: torch.Tensor, signs: list[int], axis: int) -> tuple[torch.Tensor, torch.Tensor]:
     sv = as_sign_vector(signs, name="signs")  # a list: checked in Python, cached per tuple
     axis = _validate(x, len(sv), axis, "tensorwise")  # the op is callable directly
-    return _rht_amax_launch(x, sv, axis)
-
-
-@_rht_amax_op.register_fake
-def _(x, signs, axis):
-    _validate(x, len(signs), axis, "tensorwise")
-    return x.new_empty((), dtype=torch.float32), x.new_empty((), dtype=torch.float32)
+    return _rht_amax_launch(x, sv, axis, traced=True)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -147,3 +147,90 @@ def test_fa3_path_compiles_fullgraph(providers, monkeypatch, fast_quant, gen):
     compiled = torch.compile(lambda a, b, c: fp8_sdpa(a, b, c, is_causal=True), fullgraph=True,
                              backend="aot_eager")(q, k, v)
     assert torch.equal(eager, compiled)
+
+
+# ---------------------------------------------------------------------------------------------
+# The FA3 C++ op called directly (bypassing flash_attn_func's Python) when its schema matches
+# ---------------------------------------------------------------------------------------------
+
+_OP_CALLS = []
+
+
+_SCHEMA_ARGS = torch._C.parse_schema(backends.FA3_FWD_SCHEMA).arguments
+
+
+def _standin_fwd(q, k, v, *rest):
+    # The dispatcher drops trailing arguments equal to their defaults: put the schema's defaults back.
+    rest = rest + tuple(a.default_value for a in _SCHEMA_ARGS[3 + len(rest):])
+    assert len(rest) == 31, len(rest)
+    assert all(r is None for r in rest[:17]), rest[:17]  # k_new .. seqlens_rotary
+    qd, kd, vd, scale, causal = rest[17:22]
+    _OP_CALLS.append(dict(tail=tuple(rest[22:]), causal=causal, scale=scale, shape_q=tuple(q.shape)))
+    out = _bottom_right_attention(q, k, v, qd, kd, vd, scale, causal)
+    b, s_q, h_q, _ = q.shape
+    return out, torch.zeros(b, h_q, s_q, device=q.device), None, None
+
+
+# What fa3-fwd's / flash_attn_3's C++ ``fwd`` declares (backends.FA3_FWD_SCHEMA), and one that differs.
+_LIB_SAME = torch.library.Library("lowprec_test_fa3", "DEF")
+_LIB_SAME.define(backends.FA3_FWD_SCHEMA)
+_LIB_SAME.impl("fwd", _standin_fwd, "CompositeExplicitAutograd")
+_LIB_OTHER = torch.library.Library("lowprec_test_fa3_other", "DEF")
+_LIB_OTHER.define(backends.FA3_FWD_SCHEMA.replace(", int sm_margin=0)", ")"))
+_LIB_OTHER.impl("fwd", _standin_fwd, "CompositeExplicitAutograd")  # never called: the test asserts it
+
+
+@pytest.mark.parametrize("s_q,s_kv", [(32, 32), (16, 48), (48, 16)])
+def test_fa3_direct_op_call(providers, monkeypatch, fast_quant, gen, s_q, s_kv):
+    """A provider exposing a matching ``fwd`` op is called directly, with flash_attn_func's arguments
+    (window -1/-1, chunk 0, softcap 0, rotary_interleaved True, no scheduler metadata, num_splits 1,
+    pack_gqa None, sm_margin 0); flash_attn_func itself is never called; same output as through it."""
+    fn = StandIn(True)
+    providers(flash_attn_interface=None,
+              fa3_fwd_interface=_module("fa3_fwd_interface", flash_attn_func=fn,
+                                        fa3_fwd_cuda=torch.ops.lowprec_test_fa3))
+    monkeypatch.setattr(backends, "_major", lambda device: 9)
+    assert backends.fa3_call_path().startswith("direct: fa3_fwd_interface.fa3_fwd_cuda.fwd"), backends.fa3_call_path()
+    q = randn(gen, 2, 4, s_q, 64)
+    k, v = randn(gen, 2, 2, s_kv, 64), randn(gen, 2, 2, s_kv, 64)
+    _OP_CALLS.clear()
+    out = fp8_sdpa(q, k, v, is_causal=True, enable_gqa=True, scale=0.1)
+    assert not fn.calls and len(_OP_CALLS) == (2 if s_q > s_kv else 1)
+    assert all(c["tail"] == (-1, -1, 0, 0.0, True, None, 1, None, 0) and c["scale"] == 0.1 for c in _OP_CALLS)
+    assert _OP_CALLS[0]["causal"] is True
+    assert sqnr_db(out, sdpa_reference(q, k, v, True, scale=0.1)) >= 24.0
+    providers(fa3_fwd_interface=_module("fa3_fwd_interface", flash_attn_func=fn))  # no op: flash_attn_func
+    assert backends.fa3_call_path().startswith("fa3_fwd_interface.flash_attn_func")
+    assert torch.equal(fp8_sdpa(q, k, v, is_causal=True, enable_gqa=True, scale=0.1), out) and fn.calls
+
+
+def test_fa3_mismatching_schema_falls_back(providers, monkeypatch, fast_quant, gen):
+    fn = StandIn(False)
+    providers(flash_attn_interface=_module("flash_attn_interface", flash_attn_func=fn,
+                                           flash_attn_3_gpu=torch.ops.lowprec_test_fa3_other))
+    monkeypatch.setattr(backends, "_major", lambda device: 9)
+    path = backends.fa3_call_path()
+    assert path.startswith("flash_attn_interface.flash_attn_func") and "another schema" in path, path
+    q, k, v = (randn(gen, 1, 2, 32, 64) for _ in range(3))
+    _OP_CALLS.clear()
+    out = fp8_sdpa(q, k, v)
+    assert len(fn.calls) == 1 and not _OP_CALLS
+    assert sqnr_db(out, sdpa_reference(q, k, v)) >= 24.0
+
+
+@pytest.mark.fa3
+@pytest.mark.parametrize("causal", [False, True])
+def test_fa3_direct_op_bit_identical(gen, causal):
+    """On the real provider: the direct C++ call and flash_attn_func give the same bits."""
+    from fp8_quant import quantize_qkv
+
+    name, fn = backends.fa3_provider()
+    op, why = backends._fa3_direct_op(name)
+    print(f"\nRECORD fa3 call path: {backends.fa3_call_path()}")
+    assert op is not None, why
+    q, k, v = (randn(gen, 2, 1024, 8, 128) for _ in range(3))
+    p = quantize_qkv(q, k, v, layout="BSHD")
+    args = (p.q, p.k, p.v, p.q_descale, p.k_descale, p.v_descale, 128 ** -0.5, causal)
+    direct, wrapped = backends._fa3_via_op(op)(*args), backends._fa3_via_func(fn)(*args)
+    assert direct.dtype == torch.bfloat16 and direct.shape == wrapped.shape
+    assert torch.equal(direct, wrapped)

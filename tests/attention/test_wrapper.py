@@ -169,3 +169,76 @@ def test_compile_fullgraph_wrapper(gen):
         want = model(x, pad[:, :64])
     assert sqnr_db(compiled, eager) >= 40.0
     assert sqnr_db(compiled, want) >= 20.0
+
+
+def _compiled_calls(wrapped, x, pad, backend, mode=None):
+    """Compile ``wrapped`` (fullgraph), call it 20 times at one shape with error_on_recompile, then at
+    a second shape (one more compile), then both again. Returns (outputs at shape 1, at shape 2).
+    Compiles are counted by dynamo's ``stats/unique_graphs`` counter (a counting backend cannot take ``mode``)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    compiles = lambda: counters["stats"]["unique_graphs"] - start  # noqa: E731
+    start = counters["stats"]["unique_graphs"]
+    compiled = torch.compile(wrapped, fullgraph=True, backend=backend, mode=mode, dynamic=False)
+    x2, pad2 = x[:, :32].contiguous(), pad[:, :32].contiguous()
+    with torch.no_grad():
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            first = [compiled(x, pad).clone() for _ in range(20)]
+        assert compiles() == 1, compiles()
+        second = compiled(x2, pad2).clone()
+        assert compiles() == 2, compiles()  # exactly one new compile
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            first.append(compiled(x, pad).clone())
+            second = [second, compiled(x2, pad2).clone()]
+    assert compiles() == 2, compiles()
+    return first, second
+
+
+def test_compiled_wrapper_no_recompiles_counts_exact(gen, fast_quant):
+    """torch.compile(wrapper, fullgraph=True) 20 times at a fixed shape: zero recompiles (before, every
+    call recompiled because dynamo guarded on the counters, and the 9th failed); outputs equal eager;
+    counters exact per call (FP8 layer and masked fallback layer), also across a second shape."""
+    model, x, pad = _model(gen, layers=((4, 2, False), (4, 4, True)))
+    x, pad = x[:, :64], pad[:, :64]
+    wrapped = apply_low_precision_attention(model, backend=REF)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        eager = wrapped(x, pad)
+        eager2 = wrapped(x[:, :32].contiguous(), pad[:, :32].contiguous())
+    assert (wrapped.fp8_calls, wrapped.fallback_calls) == (2, 2)
+    wrapped.reset_counters()
+    first, second = _compiled_calls(wrapped, x, pad, "aot_eager")
+    assert (wrapped.fp8_calls, wrapped.fallback_calls) == (23, 23)  # 21 + 2 calls, one of each per call
+    for out in first:
+        assert torch.equal(out, eager)
+    for out in second:
+        assert torch.equal(out, eager2)
+    wrapped.reset_counters()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wrapped(x, pad)  # eager again after compiling: still exact
+    assert (wrapped.fp8_calls, wrapped.fallback_calls) == (1, 1)
+
+
+@pytest.mark.fa3
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"], ids=["default", "reduce-overhead"])
+def test_compiled_wrapper_fa3_inductor(gen, mode):
+    """FA3 under Inductor (default mode and CUDA graphs): zero recompiles over 20 calls, one for a second
+    shape, counters exact, output close to the eager wrapper's."""
+    model, x, pad = _model(gen, layers=((4, 2, False), (4, 4, True)))
+    x, pad = x[:, :64].contiguous(), pad[:, :64].contiguous()
+    wrapped = apply_low_precision_attention(model, backend=AttentionBackend.FP8_FA3)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        eager = wrapped(x, pad)
+        eager2 = wrapped(x[:, :32].contiguous(), pad[:, :32].contiguous())
+        want = model(x, pad)
+    wrapped.reset_counters()
+    first, second = _compiled_calls(wrapped, x, pad, "inductor", mode)
+    assert (wrapped.fp8_calls, wrapped.fallback_calls) == (23, 23)
+    worst = min(sqnr_db(out, eager) for out in first)
+    print(f"\nRECORD compiled wrapper fa3 mode={mode}: worst SQNR vs eager wrapper {worst:.1f} dB, "
+          f"vs bf16 model {sqnr_db(first[-1], want):.1f} dB")
+    assert worst >= 40.0 and min(sqnr_db(out, eager2) for out in second) >= 40.0
+    assert sqnr_db(first[-1], want) >= 20.0
