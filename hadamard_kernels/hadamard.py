@@ -459,15 +459,11 @@ def hadamard_transform(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     return _run(_pick(n, 1, x.dtype), x, float(scale), None)
 
 
+# Under torch.compile dynamo traces through this cache: the compiled graph rebuilds H_K on every
+# call (a known cost of the K * 2^m transforms under compile; see benchmarks/NOTES.md).
 @functools.lru_cache(maxsize=None)
-def _default_hk_cached(k: int, device: torch.device) -> torch.Tensor:
-    return hadamard_k_matrix(k, torch.float32, device)
-
-
-# torch.compile: a graph constant built once while tracing (dynamo would trace through the lru_cache)
-@torch.compiler.assume_constant_result
 def _default_hk(k: int, device: torch.device) -> torch.Tensor:
-    return _default_hk_cached(k, device)
+    return hadamard_k_matrix(k, torch.float32, device)
 
 
 def _resolve_hk(k: int, h_k: Optional[torch.Tensor], device: torch.device, name: str) -> torch.Tensor:

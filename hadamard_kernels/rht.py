@@ -231,7 +231,7 @@ def _rht_launch(x: torch.Tensor, sv: SignVector, axis: int, inverse: bool,
     op body's launch through ``wrap_triton``, the cached matrix a graph constant."""
     d = len(sv)
     axis = axis % x.dim()
-    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # contiguous
     if x.numel() == 0:
         return y
     xc = x.contiguous()

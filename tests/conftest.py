@@ -76,7 +76,11 @@ def poison_value(dtype: torch.dtype):
 
 
 def fill_poison_(t: torch.Tensor) -> torch.Tensor:
-    if t.numel():
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    # A fake tensor (torch.compile tracing an op body) has no data to poison, and a traced fill
+    # would add a mutation the compiled graph does not have in real use.
+    if t.numel() and not isinstance(t, FakeTensor):
         with torch.no_grad():  # compilers allocate leaves that require grad with torch.empty too
             if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
                 t.view(torch.uint8).fill_(0x7F)  # NaN in both fp8 formats

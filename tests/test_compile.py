@@ -237,14 +237,3 @@ def test_triton_ops_trace_to_the_kernel_launch():
     assert lines["quantize_per_head"] == ["False", "False", "True"], (lines["quantize_per_head"], r.stdout)
     assert "CACHE_REAL True" in r.stdout, r.stdout
 
-
-def test_default_k_matrix_is_a_graph_constant(gen, device):
-    """hadamard_transform_12N under compile: H_12 is built once while tracing (a constant of the
-    graph), not rebuilt in float64 on the CPU and copied to the device on every call."""
-    torch._dynamo.reset()
-    cnt = CompileCounterWithBackend("aot_eager")
-    fn = torch.compile(lambda x: H.hadamard_transform_12N(x, 0.25), fullgraph=True, backend=cnt)
-    x = _t((3, 192), gen, device, torch.float32)
-    fn(x)
-    code = "\n".join(g.code for g in cnt.graphs)
-    assert "float64" not in code and "to(" not in code and "kron" not in code, code
