@@ -30,9 +30,23 @@ from hadamard_kernels.runtime import device_capability
 
 
 class AttentionBackend(str, enum.Enum):
+    """The FP8 forward kernel of a call: ``FP8_FA3`` (Hopper), ``FP8_FA4`` (Blackwell) or
+    ``FP8_REFERENCE`` (float32 PyTorch, anywhere). Given as the enum or a string in any case
+    (``"fp8_fa3"``, ``"FP8_FA3"``: torchao's spelling works unchanged).
+
+    >>> AttentionBackend("FP8_FA3") is AttentionBackend.FP8_FA3
+    True
+    """
+
     FP8_FA3 = "fp8_fa3"
     FP8_FA4 = "fp8_fa4"
     FP8_REFERENCE = "fp8_reference"
+
+    @classmethod
+    def _missing_(cls, value):
+        if isinstance(value, str):
+            return cls.__members__.get(value.upper())
+        return None
 
 
 # Head dims each backend's FP8 forward kernel is built for. FA3 compiles FP8 kernels for

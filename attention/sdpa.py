@@ -308,10 +308,14 @@ def fp8_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_m
     with ``inverse_rht``); ``sign_vector`` s: +-1 entries, length D, as a tensor, list, tuple or
     ``SignVector`` (default ones; other entries raise ValueError). ``backend``: an ``AttentionBackend``
     or None (automatic: FA4 on SM100, FA3 on SM90, else RuntimeError). Refused with ValueError: any
-    ``attn_mask``, ``dropout_p != 0``, head dims the backend lacks, other dtypes, inputs requiring grad.
+    ``attn_mask``, ``dropout_p != 0``, head dims the backend lacks, other dtypes, inputs requiring grad;
+    TypeError for inputs that are not tensors.
     """
     if not isinstance(query, torch.Tensor):
-        raise ValueError(f"query must be a torch.Tensor, got {type(query).__name__}")
+        raise TypeError(f"query must be a torch.Tensor, got {type(query).__name__}")
+    for name, t in (("key", key), ("value", value)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     b = resolve_backend(backend, query.device)
     mode = _as_mode(hadamard)
     why = unsupported_reason(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
@@ -334,7 +338,7 @@ def fp8_rope_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.
     (B, H_q, S_q, D) in the input dtype. Other arguments as ``fp8_sdpa``.
     """
     if not isinstance(q, torch.Tensor):
-        raise ValueError(f"q must be a torch.Tensor, got {type(q).__name__}")
+        raise TypeError(f"q must be a torch.Tensor, got {type(q).__name__}")
     b = resolve_backend(backend, q.device)
     mode = _as_mode(hadamard)
     why = unsupported_reason(q, k, v, None, 0.0, is_causal, scale, True, backend=b, hadamard=mode, layout="BSHD")

@@ -33,9 +33,24 @@ _LAYOUTS = ("BHSD", "BSHD")
 
 
 class HadamardMode(str, enum.Enum):
+    """Which of Q, K, V are rotated by diag(s) H_D / sqrt(D) before quantization: ``NONE``, ``QKV``
+    (Q K^T is unchanged; the output is rotated back) or ``V_ONLY`` (the output is rotated back).
+    Given as the enum or a string in any case: ``"qkv"``, ``"QKV"`` and ``HadamardMode.QKV`` are the
+    same mode (torchao's spellings work unchanged).
+
+    >>> HadamardMode("V_ONLY") is HadamardMode.V_ONLY
+    True
+    """
+
     NONE = "none"
-    QKV = "qkv"  # rotate Q, K and V by the same orthonormal transform (QK^T unchanged; rotate O back)
-    V_ONLY = "v_only"  # rotate V only (rotate O back)
+    QKV = "qkv"
+    V_ONLY = "v_only"
+
+    @classmethod
+    def _missing_(cls, value):
+        if isinstance(value, str):
+            return cls.__members__.get(value.upper())
+        return None
 
 
 class QuantizedQKV(NamedTuple):
@@ -297,8 +312,12 @@ def dequantize_per_head(x_fp8: torch.Tensor, descale: torch.Tensor, *, layout: s
                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """x_fp8 * descale (one per (batch, head group)), in ``dtype`` (default float32). The inverse
     Hadamard, if one was applied, is the caller's: multiply by (diag(s) H_D / sqrt(D))^T."""
+    if not isinstance(x_fp8, torch.Tensor) or not isinstance(descale, torch.Tensor):
+        raise TypeError("x_fp8 and descale must be torch.Tensors")
     if x_fp8.dtype != torch.float8_e4m3fn:
         raise TypeError(f"x_fp8 must be float8_e4m3fn, got {x_fp8.dtype}")
+    if x_fp8.dim() != 4:
+        raise ValueError(f"x_fp8 must be 4-D ({layout}), got shape {tuple(x_fp8.shape)}")
     _check_layout(layout)
     b, h, s, d = bhsd_dims(x_fp8, layout)
     if descale.shape != (b, h // max(group_size, 1)) or group_size < 1 or h % group_size:

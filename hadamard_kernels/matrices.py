@@ -11,20 +11,38 @@ def is_power_of_two(n: int) -> bool:
     return isinstance(n, int) and n >= 1 and (n & (n - 1)) == 0
 
 
-@functools.lru_cache(maxsize=None)
-def _sylvester_f64(n: int) -> torch.Tensor:
+# Matrices up to this order are cached (float64: 8 MiB at 1024); larger ones are built on every call
+# and never held (a cached 32768^2 float64 matrix would keep 8 GiB alive).
+_CACHE_MAX_N = 1024
+
+
+def _build_sylvester_f64(n: int) -> torch.Tensor:
     h = torch.ones(1, 1, dtype=torch.float64)
     while h.shape[0] < n:
         h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
     return h
 
 
+@functools.lru_cache(maxsize=16)
+def _sylvester_small(n: int) -> torch.Tensor:
+    return _build_sylvester_f64(n)
+
+
+def _sylvester_f64(n: int) -> torch.Tensor:
+    """Read-only inside the library: the cached tensor for small n."""
+    return _sylvester_small(n) if n <= _CACHE_MAX_N else _build_sylvester_f64(n)
+
+
 def sylvester_matrix(n: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """The unnormalized n x n Sylvester Hadamard matrix (``scipy.linalg.hadamard`` order),
-    n a power of two. Entry (i, j) = (-1) ** popcount(i & j)."""
+    n a power of two. Entry (i, j) = (-1) ** popcount(i & j). A fresh tensor on every call.
+
+    >>> sylvester_matrix(2).tolist()
+    [[1.0, 1.0], [1.0, -1.0]]
+    """
     if not is_power_of_two(n):
         raise ValueError(f"Sylvester Hadamard matrices exist for powers of two only, got n={n}")
-    return _sylvester_f64(n).to(dtype=dtype, device=device)
+    return _sylvester_f64(n).to(dtype=dtype, device=device, copy=True)
 
 
 # --- Hadamard matrices of order K in {12, 20, 28, 40} (for n = K * 2^m) ---------------------------
@@ -88,11 +106,14 @@ def _hadamard_k_f64(k: int) -> torch.Tensor:
 
 def hadamard_k_matrix(k: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """The documented K x K Hadamard matrix H_K for K in {12, 20, 28, 40} (see the module comment)."""
-    return _hadamard_k_f64(k).to(dtype=dtype, device=device)
+    return _hadamard_k_f64(k).to(dtype=dtype, device=device, copy=True)
 
 
 def is_hadamard(h: torch.Tensor) -> bool:
-    """True when ``h`` is square with entries +-1 and h @ h.T == K * I (exactly, in float64)."""
+    """True when ``h`` is square with entries +-1 and h @ h.T == K * I (exactly, in float64).
+    TypeError for anything but a tensor (convert a list with ``torch.tensor``)."""
+    if not isinstance(h, torch.Tensor):
+        raise TypeError(f"is_hadamard takes a torch.Tensor, got {type(h).__name__}")
     if h.dim() != 2 or h.shape[0] != h.shape[1] or h.shape[0] == 0:
         return False
     h64 = h.detach().to(device="cpu", dtype=torch.float64)

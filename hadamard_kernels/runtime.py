@@ -104,10 +104,34 @@ def autotune_do_bench(kernel_call, quantiles):
     return [sorted(t[i] for t in trials)[len(trials) // 2] for i in range(len(quantiles))]
 
 
+# Whether Triton's interpreter was on when the library was imported (``@triton.jit`` decides at
+# decoration time whether a kernel is compiled or interpreted), and whether a CUDA GPU is there.
+_INTERPRETED_AT_IMPORT = is_interpreter()
+_CAN_LAUNCH: "bool | None" = None
+
+NO_BACKEND_MESSAGE = (
+    "no CUDA GPU is available and Triton's CPU interpreter was not switched on when the library was "
+    "imported, so no kernel can run. On a CPU machine set TRITON_INTERPRET=1 in the environment before "
+    "importing hadamard_kernels / fp8_quant / attention (e.g. `TRITON_INTERPRET=1 python ...`, or "
+    "`os.environ['TRITON_INTERPRET'] = '1'` at the top of a notebook): kernels then run on small shapes "
+    "through the interpreter. `make test` and `make bench` switch it on for you")
+
+
+def _check_can_launch() -> None:
+    global _CAN_LAUNCH
+    if _CAN_LAUNCH is None:
+        _CAN_LAUNCH = _INTERPRETED_AT_IMPORT or torch.cuda.is_available()
+    if not _CAN_LAUNCH:
+        raise RuntimeError(NO_BACKEND_MESSAGE)
+
+
 def launch(kernel, grid, args: Sequence, consts: dict, config: "triton.Config | None" = None) -> None:
     """Launch ``kernel`` (a ``triton.autotune`` object) on ``grid`` with positional ``args`` and
     constexpr/keyword ``consts``: autotuned when ``config`` is None, else the raw kernel with exactly
-    ``config`` (its kwargs, num_warps, num_stages, ...)."""
+    ``config`` (its kwargs, num_warps, num_stages, ...). RuntimeError naming the fix, before any
+    launch, on a machine with neither a CUDA GPU nor the interpreter."""
+    if not _CAN_LAUNCH:
+        _check_can_launch()
     if config is None:
         kernel[grid](*args, **consts)
     else:

@@ -89,3 +89,21 @@ def test_tma_allocator_invisible_to_other_threads():
         done.wait(5)
     t.join()
     assert seen["other"] is not tu._torch_scratch
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU machine without the interpreter")
+def test_cpu_without_interpreter_names_the_fix():
+    """Importing and calling a kernel on a CPU machine without TRITON_INTERPRET gives one clear
+    error before any launch, not Triton's 68-line '0 active drivers' traceback."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("import torch, hadamard_kernels as hk\n"
+            "try:\n    hk.hadamard_transform(torch.randn(2, 16))\n"
+            "except RuntimeError as e:\n    print('MSG', e)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env={**env, "PYTHONPATH": root},
+                         capture_output=True, text=True, timeout=300)
+    assert "MSG no CUDA GPU" in out.stdout and "TRITON_INTERPRET=1" in out.stdout, out.stdout + out.stderr
+    assert "active drivers" not in out.stdout + out.stderr

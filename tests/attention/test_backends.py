@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import attention.backends as backends
-from attention import AttentionBackend, fp8_fa3_sdpa, fp8_fa4_rope_sdpa, fp8_fa4_sdpa, fp8_sdpa
+from attention import AttentionBackend, HadamardMode, fp8_fa3_sdpa, fp8_fa4_rope_sdpa, fp8_fa4_sdpa, fp8_sdpa
 from attention.reference import sdpa_reference, sqnr_db
 from tests.attention.conftest import randn
 from tests.conftest import DEVICE
@@ -234,3 +234,22 @@ def test_fa3_direct_op_bit_identical(gen, causal):
     direct, wrapped = backends._fa3_via_op(op)(*args), backends._fa3_via_func(fn)(*args)
     assert direct.dtype == torch.bfloat16 and direct.shape == wrapped.shape
     assert torch.equal(direct, wrapped)
+
+
+@pytest.mark.parametrize("spelling", ["qkv", "QKV", "Qkv", HadamardMode.QKV])
+def test_mode_and_backend_names_in_any_case(spelling, gen):
+    """torchao's spellings (upper case) and ours (lower case) name the same mode and backend."""
+    from attention import fp8_sdpa
+    from attention.reference import sdpa_reference, sqnr_db
+
+    assert HadamardMode(spelling) is HadamardMode.QKV
+    assert AttentionBackend("FP8_FA3") is AttentionBackend.FP8_FA3
+    assert AttentionBackend("fp8_reference") is AttentionBackend.FP8_REFERENCE
+    assert HadamardMode("NONE") is HadamardMode.NONE and HadamardMode("V_ONLY") is HadamardMode.V_ONLY
+    with pytest.raises(ValueError):
+        HadamardMode("q-k-v")
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        fp8_sdpa(*(torch.ones(1, 1, 4, 64, dtype=torch.bfloat16, device=DEVICE),) * 3, backend="FP8_FA5")
+    q, k, v = (torch.randn(1, 2, 16, 64, generator=gen, device=DEVICE).to(torch.bfloat16) for _ in range(3))
+    out = fp8_sdpa(q, k, v, backend="FP8_REFERENCE", hadamard=spelling)
+    assert sqnr_db(out, sdpa_reference(q, k, v)) >= 24.0

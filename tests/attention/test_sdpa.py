@@ -294,3 +294,15 @@ def test_fa3_cuda_graph(gen):
     g.replay()
     torch.cuda.synchronize()
     assert sqnr_db(out, sdpa_reference(q, k, v)) >= 25.0
+
+
+def test_non_tensor_inputs_are_type_errors():
+    import numpy as np
+
+    q = torch.randn(1, 2, 8, 64, device=DEVICE, dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match="query must be a torch.Tensor, got ndarray"):
+        fp8_sdpa(np.zeros((1, 2, 8, 64)), q, q, backend=REF)
+    with pytest.raises(TypeError, match="value must be a torch.Tensor, got list"):
+        fp8_sdpa(q, q, [1.0], backend=REF)
+    with pytest.raises(TypeError, match="q must be a torch.Tensor"):
+        fp8_rope_sdpa(None, q, q, q, q, backend=REF)

@@ -569,3 +569,9 @@ def test_torch_compile_with_sign_vectors(gen, device):
             assert torch.equal(a.view(torch.uint8) if a.dtype == F8 else a, b.view(torch.uint8) if b.dtype == F8 else b)
     with pytest.raises(Exception, match=r"\+1 or -1"):
         torch.compile(f, fullgraph=True, backend="aot_eager")(q, k, v, torch.zeros(d, device=device))
+
+
+def test_dequantize_names_a_wrong_rank(device):
+    x = torch.zeros(2, 3, 4, dtype=torch.float8_e4m3fn, device=device)
+    with pytest.raises(ValueError, match=r"x_fp8 must be 4-D \(BHSD\), got shape \(2, 3, 4\)"):
+        dequantize_per_head(x, torch.ones(2, 3, device=device))

@@ -78,3 +78,26 @@ def test_factored_reference_matches_dense(n, k):
     hk = -hadamard_k_matrix(12, torch.float64).flip(1)
     y = torch.randn(2, 12 * 8, dtype=torch.float64)
     torch.testing.assert_close(hadamard_transform_ref(y, h_k=hk), hadamard_transform_dense_ref(y, h_k=hk))
+
+
+def test_matrices_are_fresh_and_large_ones_not_held():
+    """Callers get their own tensor (an in-place change never reaches the cache) and matrices past
+    _CACHE_MAX_N are not kept alive by a cache (8 GiB at 32768 in float64 before)."""
+    from hadamard_kernels import matrices as Mx
+
+    a = sylvester_matrix(8, torch.float64)
+    a.mul_(4)
+    assert sylvester_matrix(8, torch.float64).abs().max().item() == 1.0
+    k = hadamard_k_matrix(12, torch.float64)
+    k.zero_()
+    assert hadamard_k_matrix(12, torch.float64).abs().min().item() == 1.0
+    before = Mx._sylvester_small.cache_info().currsize
+    big = sylvester_matrix(2 * Mx._CACHE_MAX_N, torch.float32)
+    assert big.shape == (2 * Mx._CACHE_MAX_N,) * 2
+    assert Mx._sylvester_small.cache_info().currsize == before
+    assert Mx._sylvester_small.cache_info().maxsize is not None
+
+
+def test_is_hadamard_refuses_non_tensors():
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        is_hadamard([[1, 1], [1, -1]])
