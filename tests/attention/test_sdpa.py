@@ -306,3 +306,34 @@ def test_non_tensor_inputs_are_type_errors():
         fp8_sdpa(q, q, [1.0], backend=REF)
     with pytest.raises(TypeError, match="q must be a torch.Tensor"):
         fp8_rope_sdpa(None, q, q, q, q, backend=REF)
+
+
+def test_fast_validation_accepts_exactly_what_the_full_check_accepts():
+    """``unsupported_reason`` accepts valid calls in one fast expression and sends everything else to
+    the full check: over a grid of valid and invalid calls, both must agree on every one."""
+    import itertools
+
+    from attention.sdpa import _unsupported_reason, unsupported_reason
+
+    def t(shape, dtype=torch.bfloat16, grad=False):
+        return torch.zeros(shape, dtype=dtype, device=DEVICE).requires_grad_(grad)
+
+    shapes = [((1, 4, 8, 64), (1, 4, 8, 64)), ((1, 4, 8, 64), (1, 2, 8, 64)), ((1, 4, 8, 64), (1, 3, 8, 64)),
+              ((2, 4, 8, 64), (1, 4, 8, 64)), ((1, 4, 8, 80), (1, 4, 8, 80)), ((1, 4, 8, 96), (1, 4, 8, 96)),
+              ((1, 4, 8, 64), (1, 4, 0, 64)), ((1, 4, 0, 64), (1, 4, 0, 64)), ((1, 4, 8, 64), (1, 4, 8, 128)),
+              ((4, 8, 64), (4, 8, 64))]
+    variants = itertools.product(shapes, [torch.bfloat16, torch.float32], [False, True], [None, "mask"],
+                                 [0.0, 0.1], [None, 0.5, float("nan")], [False, True],
+                                 [HadamardMode.NONE, HadamardMode.QKV], ["BHSD", "BSHD"])
+    n = 0
+    for (qs, ks), dtype, gqa, mask, p, scale, grad, mode, layout in variants:
+        q, k, v = t(qs, dtype, grad), t(ks, dtype), t(ks, dtype)
+        m = None if mask is None else torch.ones(8, 8, dtype=torch.bool, device=DEVICE)
+        for backend in (AttentionBackend.FP8_REFERENCE, AttentionBackend.FP8_FA4):
+            fast = unsupported_reason(q, k, v, m, p, False, scale, gqa, backend=backend, hadamard=mode,
+                                      layout=layout)
+            full = _unsupported_reason(q, k, v, m, p, scale, gqa, backend, mode, layout)
+            assert (fast is None) == (full is None), (qs, ks, dtype, gqa, mask, p, scale, grad, mode, layout,
+                                                      backend, fast, full)
+            n += full is None
+    assert n > 0  # the grid holds accepted calls too
