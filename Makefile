@@ -26,8 +26,9 @@ endif
 
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
+NOTEBOOK_ARGS ?=
 
-.PHONY: test bench setup clean-venv
+.PHONY: test bench notebooks setup clean-venv
 
 setup: $(SETUP)
 
@@ -42,6 +43,20 @@ test: $(SETUP)
 
 bench: $(SETUP)
 	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) -m benchmarks $(BENCH_ARGS)
+
+# JupyterLab on notebooks/ (installed into .venv from requirements/notebooks.txt on first use), with
+# Triton's interpreter switched on where torch sees no CUDA GPU (and --allow-root when run as root, as in
+# containers). E.g. NOTEBOOK_ARGS="--no-browser --port 8890".
+notebooks: $(SETUP)
+	@$(PYTHON) -c "import jupyterlab" 2>/dev/null || { \
+	  if [ "$(PYTHON)" = "$(VENV)/bin/python" ]; then \
+	    $(PYTHON) -m pip install --disable-pip-version-check -q -r requirements/notebooks.txt; \
+	  else echo "JupyterLab is missing from $(PYTHON): $(PYTHON) -m pip install jupyterlab"; exit 1; fi; }
+	@if $(PYTHON) -c "import sys, torch; sys.exit(torch.cuda.is_available())"; then \
+	  echo "No CUDA GPU: the notebooks run under Triton's CPU interpreter (TRITON_INTERPRET=1), small sizes"; \
+	  export TRITON_INTERPRET=1; fi; \
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) -m jupyter lab --notebook-dir=notebooks \
+	  $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(NOTEBOOK_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -9,12 +9,14 @@
   when the op's schema (argument names and types, checked once at lookup) is ``FA3_FWD_SCHEMA``, and
   ``flash_attn_func`` otherwise; ``fa3_call_path()`` says which.
 - FA4 (Blackwell, SM100): ``flash_attn.cute.interface._flash_attn_fwd`` (``flash-attn-4``).
+- FP8_TRITON: the library's own Triton kernel (``attention.triton_fp8``): SM89 and newer (FP8
+  tensor-core dots), or the CPU interpreter; takes attention masks. Only when asked for.
 - FP8_REFERENCE: runs anywhere (CPU included); the accuracy reference, not fast.
 
 Imports are lazy and cached (one attempt per process); nothing process-global is changed to make a
 call. ``backend=None`` picks FA4 on SM100 when flash-attn-4 imports, FA3 on SM90 when an FA3 provider
 imports, and otherwise raises a RuntimeError that says what is missing and how to get it: there is
-never a silent fallback to bf16 attention.
+never a silent fallback to bf16 attention. FP8_TRITON is never picked automatically.
 """
 
 from __future__ import annotations
@@ -26,13 +28,13 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from hadamard_kernels.runtime import device_capability
+from hadamard_kernels.runtime import device_capability, is_interpreter
 
 
 class AttentionBackend(str, enum.Enum):
-    """The FP8 forward kernel of a call: ``FP8_FA3`` (Hopper), ``FP8_FA4`` (Blackwell) or
-    ``FP8_REFERENCE`` (float32 PyTorch, anywhere). Given as the enum or a string in any case
-    (``"fp8_fa3"``, ``"FP8_FA3"``: torchao's spelling works unchanged).
+    """The FP8 forward kernel of a call: ``FP8_FA3`` (Hopper), ``FP8_FA4`` (Blackwell), ``FP8_TRITON``
+    (the library's Triton kernel, SM89+, masks) or ``FP8_REFERENCE`` (float32 PyTorch, anywhere). Given as
+    the enum or a string in any case (``"fp8_fa3"``, ``"FP8_FA3"``: torchao's spelling works unchanged).
 
     >>> AttentionBackend("FP8_FA3") is AttentionBackend.FP8_FA3
     True
@@ -40,6 +42,7 @@ class AttentionBackend(str, enum.Enum):
 
     FP8_FA3 = "fp8_fa3"
     FP8_FA4 = "fp8_fa4"
+    FP8_TRITON = "fp8_triton"
     FP8_REFERENCE = "fp8_reference"
 
     @classmethod
@@ -52,9 +55,11 @@ class AttentionBackend(str, enum.Enum):
 # Head dims each backend's FP8 forward kernel is built for. FA3 compiles FP8 kernels for
 # 64/96/128/192/256; FP8_REFERENCE mirrors FA3 so that it can stand in for it in CI. FA4's FP8 path
 # (SM100) is built for 64/96/128 here: conservative, it was never run (no Blackwell available).
+# FP8_TRITON runs 96/192 as 128/256 with masked columns.
 HEAD_DIMS = {
     AttentionBackend.FP8_FA3: (64, 96, 128, 192, 256),
     AttentionBackend.FP8_FA4: (64, 96, 128),
+    AttentionBackend.FP8_TRITON: (64, 96, 128, 192, 256),
     AttentionBackend.FP8_REFERENCE: (64, 96, 128, 192, 256),
 }
 
@@ -213,6 +218,17 @@ def _major(device: torch.device) -> int:
 def check_hardware(backend: AttentionBackend, device: torch.device) -> None:
     """RuntimeError when ``backend`` cannot run on ``device`` (wrong device or architecture)."""
     if backend == AttentionBackend.FP8_REFERENCE:
+        return
+    if backend == AttentionBackend.FP8_TRITON:
+        if device.type == "cuda":
+            cap = device_capability(device)
+            if cap < (8, 9):
+                raise RuntimeError(f"FP8_TRITON needs FP8 tensor-core dots (SM89 or newer); tensors are on {device} "
+                                   f"(compute capability {cap[0]}.{cap[1]})")
+        elif not (device.type == "cpu" and is_interpreter()):
+            raise RuntimeError(f"FP8_TRITON runs on CUDA GPUs of SM89 or newer, or on CPU tensors under Triton's "
+                               f"interpreter (TRITON_INTERPRET=1 before importing the library); tensors are on "
+                               f"{device}")
         return
     major = _major(device)
     if backend == AttentionBackend.FP8_FA3 and major != 9:

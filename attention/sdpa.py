@@ -28,6 +28,7 @@ No FP8 backward exists: calls with autograd recording and an input that requires
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -40,7 +41,11 @@ from attention.backends import (
     fa4_forward,
     resolve_backend,
 )
-from fp8_quant import HadamardMode, quantize_qkv
+from attention.smoothing import add_v_mean, check_smooth
+from attention.triton_fp8 import _triton_fp8_launch, broadcast_mask, mask_reason
+from fp8_quant import HadamardMode, QuantizedQKV, quantize_qkv
+from fp8_quant.kernels import quantize_launch
+from fp8_quant.quantize import QuantSpec
 from hadamard_kernels.rht import inverse_rht
 from hadamard_kernels.signs import SignVector, as_sign_vector
 
@@ -75,7 +80,7 @@ def _flash_top_left(call, q, k, v, qd, kd, vd, scale: float, causal: bool) -> to
     return torch.cat([head, tail], dim=1)
 
 
-def _reference_fwd(q, k, v, qd, kd, vd, scale: float, causal: bool) -> torch.Tensor:
+def _reference_fwd(q, k, v, qd, kd, vd, scale: float, causal: bool, attn_mask=None) -> torch.Tensor:
     """FP8_REFERENCE: what FA3's FP8 forward computes, in float32 with plain PyTorch.
 
     S = (q8 @ k8^T) * (scale * q_descale * k_descale) (fp8 products are exact in fp32);
@@ -84,10 +89,12 @@ def _reference_fwd(q, k, v, qd, kd, vd, scale: float, causal: bool) -> torch.Ten
     rounded to bf16. Emulated exactly except for one thing: FA3 subtracts the *running* row max of
     the key blocks seen so far, we subtract the final one. e4m3 rounding is relative, so this only
     differs where P falls into e4m3's subnormal range (P < 2^-6, i.e. probabilities below ~2^-14 of
-    the row max), which barely contributes to O.
+    the row max), which barely contributes to O. ``attn_mask`` (broadcastable to (B, H_q, S_q, S_kv)):
+    bool (True attends) or added to S; a row with no visible key returns 0, as torch's SDPA does.
     """
     b, s_q, h_q, d = q.shape
     s_kv, h_kv, d_v = k.shape[1], k.shape[2], v.shape[3]
+    m4 = None if attn_mask is None else broadcast_mask(attn_mask, b, h_q, s_q, s_kv)
     group = h_q // h_kv
     out = torch.empty((b, s_q, h_q, d_v), dtype=torch.bfloat16, device=q.device)
     heads = torch.arange(h_q, device=q.device) // group
@@ -105,19 +112,32 @@ def _reference_fwd(q, k, v, qd, kd, vd, scale: float, causal: bool) -> torch.Ten
                 i = torch.arange(r0, r1, device=q.device).view(-1, 1)
                 j = torch.arange(s_kv, device=q.device).view(1, -1)
                 s = s.masked_fill(j > i, float("-inf"))
+            if m4 is not None:
+                mb = m4[bi, :, r0:r1]
+                s = s.masked_fill(~mb, float("-inf")) if mb.dtype == torch.bool else s + mb.float()
             m = s.amax(dim=-1, keepdim=True)
+            if m4 is not None:  # a row with no visible key: P = 0 (not NaN)
+                m = m.masked_fill(m == float("-inf"), 0.0)
             p = torch.exp2((s - m) * _LOG2E + _FA3_FP8_MAX_OFFSET)
             l_sum = p.sum(dim=-1, keepdim=True)
             p8 = p.to(torch.float8_e4m3fn).to(torch.float32)
             o = torch.matmul(p8, vf) * (v_scale / l_sum)
+            if m4 is not None:
+                o = torch.where(l_sum > 0, o, 0.0)
             out[bi, r0:r1] = o.transpose(0, 1).to(torch.bfloat16)
     return out
 
 
-def _attention_fwd(q, k, v, qd, kd, vd, scale: float, causal: bool, backend: AttentionBackend) -> torch.Tensor:
-    """The FP8 forward on ``backend`` (what the op below runs; eager ``fp8_sdpa`` calls it directly)."""
+def _attention_fwd(q, k, v, qd, kd, vd, scale: float, causal: bool, backend: AttentionBackend,
+                   attn_mask=None) -> torch.Tensor:
+    """The FP8 forward on ``backend`` (what the op below runs; eager ``fp8_sdpa`` calls it directly).
+    ``attn_mask``: FP8_TRITON and FP8_REFERENCE only (validation refuses it for FA3/FA4 first)."""
+    if backend is AttentionBackend.FP8_TRITON:
+        return _triton_fp8_launch(q, k, v, qd, kd, vd, scale, causal, attn_mask)
     if backend is AttentionBackend.FP8_REFERENCE:
-        return _reference_fwd(q, k, v, qd, kd, vd, scale, causal)
+        return _reference_fwd(q, k, v, qd, kd, vd, scale, causal, attn_mask)
+    if attn_mask is not None:
+        raise ValueError(f"{backend.name} takes no attn_mask (FP8_TRITON and FP8_REFERENCE do)")
     # FA3: the provider's C++ op directly where its schema allows (attention.backends.fa3_forward)
     call = fa3_forward() if backend is AttentionBackend.FP8_FA3 else _fa4_call
     if causal and q.shape[1] != k.shape[1]:
@@ -131,15 +151,16 @@ def _attention_fwd(q, k, v, qd, kd, vd, scale: float, causal: bool, backend: Att
 @torch.library.custom_op("attention::fp8_attention_fwd", mutates_args=())
 def _fp8_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_descale: torch.Tensor,
                           k_descale: torch.Tensor, v_descale: torch.Tensor, scale: float, causal: bool,
-                          backend: str) -> torch.Tensor:
+                          backend: str, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """q (B, S_q, H_q, D), k (B, S_kv, H_kv, D), v (B, S_kv, H_kv, D_v): e4m3, last dim contiguous
-    (BSHD views of BHSD tensors are fine); descales (B, H_kv) float32. Returns bf16 (B, S_q, H_q, D_v),
-    causal top-left."""
-    return _attention_fwd(q, k, v, q_descale, k_descale, v_descale, scale, causal, AttentionBackend(backend))
+    (BSHD views of BHSD tensors are fine); descales (B, H_kv) float32; attn_mask broadcastable to
+    (B, H_q, S_q, S_kv) or None. Returns bf16 (B, S_q, H_q, D_v), causal top-left."""
+    return _attention_fwd(q, k, v, q_descale, k_descale, v_descale, scale, causal, AttentionBackend(backend),
+                          attn_mask)
 
 
 @_fp8_attention_fwd_op.register_fake
-def _(q, k, v, q_descale, k_descale, v_descale, scale, causal, backend):
+def _(q, k, v, q_descale, k_descale, v_descale, scale, causal, backend, attn_mask=None):
     return q.new_empty((q.shape[0], q.shape[1], q.shape[2], v.shape[3]), dtype=torch.bfloat16)
 
 
@@ -148,7 +169,7 @@ def _(q, k, v, q_descale, k_descale, v_descale, scale, causal, backend):
 # ---------------------------------------------------------------------------------------------
 
 def _as_mode(hadamard) -> HadamardMode:
-    if hadamard.__class__ is HadamardMode:  # the common case, without the enum's lookup
+    if type(hadamard) is HadamardMode:  # the common case, without the enum's lookup
         return hadamard
     try:
         return HadamardMode(getattr(hadamard, "value", hadamard))
@@ -198,13 +219,15 @@ def _unsupported_reason(query, key, value, attn_mask, dropout_p, scale, enable_g
     if not (query.device == key.device == value.device):
         return f"query/key/value devices differ: {query.device}, {key.device}, {value.device}"
     if attn_mask is not None:
-        return ("attn_mask is not supported by the FP8 attention kernels (a mask is never dropped or "
-                "replaced by a causal mask)")
+        why = mask_reason(attn_mask, query, key, backend, layout)
+        if why is not None:
+            return why
     if dropout_p != 0.0:
         return f"dropout_p={dropout_p} is not supported (FP8 attention is inference-only)"
     if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad):
-        return ("an input requires grad but FP8 attention has no backward; run under torch.no_grad() "
-                "or torch.inference_mode()")
+        name = "query" if query.requires_grad else "key" if key.requires_grad else "value"
+        return (f"{name} requires grad, but FP8 attention has no backward (FP8 quantization has no backward): "
+                f"call it under torch.no_grad() or .detach() the inputs")
     hd = 1 if layout == "BHSD" else 2
     sd = 2 if layout == "BHSD" else 1
     b, h_q, s_q, d = query.shape[0], query.shape[hd], query.shape[sd], query.shape[3]
@@ -216,7 +239,16 @@ def _unsupported_reason(query, key, value, attn_mask, dropout_p, scale, enable_g
     if key.shape[3] != d:
         return f"head dims differ: query D={d}, key/value D={key.shape[3]}"
     if h_kv == 0 or h_q % h_kv:
-        return f"H_q={h_q} must be a multiple of H_kv={h_kv} (GQA)"
+        # Name the layout the shapes were read in: tensors of the other layout (BHSD handed to
+        # fp8_rope_sdpa, which takes BSHD) land here with S read as H; say so when the other reading fits.
+        other, oq, ok = ("BSHD", query.shape[2], key.shape[2]) if layout == "BHSD" else \
+            ("BHSD", query.shape[1], key.shape[1])
+        dims = {"BHSD": "(B, H, S, D)", "BSHD": "(B, S, H, D)"}
+        hint = (f"; if these are {other} {dims[other]} tensors (read that way H_q={oq}, H_kv={ok}, which "
+                f"fits), note that this function takes {layout}: pass each one's .transpose(1, 2)"
+                ) if ok and oq % ok == 0 else ""
+        return (f"H_q={h_q} must be a multiple of H_kv={h_kv} (GQA), reading query {tuple(query.shape)} and key "
+                f"{tuple(key.shape)} as {layout} {dims[layout]}{hint}")
     if h_q != h_kv and not enable_gqa:
         return f"H_q={h_q} != H_kv={h_kv} needs enable_gqa=True (as in F.scaled_dot_product_attention)"
     if d not in HEAD_DIMS[backend]:
@@ -264,52 +296,104 @@ def _undo_rotation(out: torch.Tensor, mode: HadamardMode, signs: Optional[SignVe
 
 
 def _run(qkv, scale: float, is_causal: bool, backend: AttentionBackend, mode: HadamardMode,
-         signs: Optional[SignVector], dtype: torch.dtype, layout: str) -> torch.Tensor:
+         signs: Optional[SignVector], dtype: torch.dtype, layout: str, attn_mask=None) -> torch.Tensor:
     q, k, v = qkv.q, qkv.k, qkv.v
     if layout == "BHSD":  # BSHD views: FA3/FA4 need only a contiguous last dim
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     if torch.compiler.is_compiling():  # the op (with its fake) for dynamo; eager calls skip the dispatcher
         out = _fp8_attention_fwd_op(q, k, v, qkv.q_descale, qkv.k_descale, qkv.v_descale, float(scale),
-                                    bool(is_causal), backend.value)
+                                    bool(is_causal), backend.value, attn_mask)
     else:
-        out = _attention_fwd(q, k, v, qkv.q_descale, qkv.k_descale, qkv.v_descale, scale, bool(is_causal), backend)
+        out = _attention_fwd(q, k, v, qkv.q_descale, qkv.k_descale, qkv.v_descale, scale, bool(is_causal), backend,
+                             attn_mask)
     if mode is not HadamardMode.NONE:
         out = _undo_rotation(out, mode, signs)
+    if qkv.v_mean is not None:  # smooth_v: the mean V's payload lacks, in fp32, one rounding to dtype
+        out = add_v_mean(out, qkv.v_mean, mode, signs, dtype, attn_mask, is_causal)
     if out.dtype != dtype:
         out = out.to(dtype)
     return out.transpose(1, 2)  # BHSD view of the BSHD result
 
 
+def _quant_spec(layout: str, mode: HadamardMode, signs: Optional[SignVector], smooth_k: bool = False,
+                smooth_v: bool = False) -> QuantSpec:
+    """The quantizer's spec for a validated ``fp8_sdpa`` call (no RoPE), built once per combination."""
+    return QuantSpec(layout=layout, had_qk=mode is HadamardMode.QKV, had_v=mode is not HadamardMode.NONE,
+                     signs=signs, smooth_k=smooth_k, smooth_v=smooth_v)
+
+
 def _fp8_sdpa_impl(query, key, value, is_causal: bool, scale: Optional[float], backend: AttentionBackend,
-                   mode: HadamardMode, signs: Optional[SignVector], quant_layout: str = "BSHD") -> torch.Tensor:
+                   mode: HadamardMode, signs: Optional[SignVector], quant_layout: str = "BSHD",
+                   attn_mask=None, smooth_k: bool = False, smooth_v: bool = False) -> torch.Tensor:
     """``fp8_sdpa`` after validation (the seam tests and benchmarks use). ``quant_layout``: the layout
     the quantizer writes; "BSHD" (what ``fp8_sdpa`` runs) hands FA contiguous BSHD payloads with no
-    copy anywhere, "BHSD" hands it transposed views (a benchmark row)."""
+    copy anywhere, "BHSD" hands it transposed views (a benchmark row). ``smooth_k`` / ``smooth_v``: the
+    quantizer's smoothing (``_run`` adds V's mean back)."""
     d = query.shape[-1]
     if query.numel() == 0:
         return torch.empty(query.shape[:3] + (value.shape[-1],), dtype=query.dtype, device=query.device)
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     if quant_layout == "BSHD":  # quantize the BSHD views: contiguous BSHD payloads, what FA reads best
         query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
-    qkv = quantize_qkv(query, key, value, layout=quant_layout, hadamard=mode, sign_vector=signs)
-    return _run(qkv, scale, is_causal, backend, mode, signs, query.dtype, quant_layout)
+    if torch.compiler.is_compiling():  # the quantizer's registered op, for dynamo
+        qkv = quantize_qkv(query, key, value, layout=quant_layout, hadamard=mode, sign_vector=signs,
+                           smooth_k=smooth_k, smooth_v=smooth_v)
+    else:  # validated above: the quantizer's launcher directly, without a second validation
+        res = quantize_launch([query, key, value], query.shape[-3 if quant_layout == "BHSD" else -2]
+                              // key.shape[-3 if quant_layout == "BHSD" else -2], None, None,
+                              _quant_spec(quant_layout, mode, signs, smooth_k, smooth_v))
+        qkv = QuantizedQKV(*res[0], *res[1], res[2][1] if smooth_v else None)
+    return _run(qkv, scale, is_causal, backend, mode, signs, query.dtype, quant_layout, attn_mask)
 
 
 def fp8_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask=None, dropout_p: float = 0.0,
              is_causal: bool = False, scale: Optional[float] = None, enable_gqa: bool = False, *,
              hadamard: HadamardMode | str = HadamardMode.NONE, backend: AttentionBackend | str | None = None,
-             sign_vector=None) -> torch.Tensor:
+             sign_vector=None, smooth_k: bool = False, smooth_v: bool = False) -> torch.Tensor:
     """FP8 attention with the shapes and semantics of ``F.scaled_dot_product_attention``.
 
     query (B, H_q, S_q, D), key/value (B, H_kv, S_kv, D), bf16 or fp16; H_q a multiple of H_kv
-    (``enable_gqa=True`` when they differ). Returns (B, H_q, S_q, D) in the input dtype (a BHSD view of
-    a BSHD buffer). ``is_causal`` is top-left aligned as in SDPA for any S_q, S_kv. ``hadamard``:
-    NONE, QKV or V_ONLY (rotation by diag(s) H_D / sqrt(D) before quantization, undone on the output
-    with ``inverse_rht``); ``sign_vector`` s: +-1 entries, length D, as a tensor, list, tuple or
-    ``SignVector`` (default ones; other entries raise ValueError). ``backend``: an ``AttentionBackend``
-    or None (automatic: FA4 on SM100, FA3 on SM90, else RuntimeError). Refused with ValueError: any
-    ``attn_mask``, ``dropout_p != 0``, head dims the backend lacks, other dtypes, inputs requiring grad;
-    TypeError for inputs that are not tensors.
+    (``enable_gqa=True`` when they differ). Returns (B, H_q, S_q, D) in the input dtype: a BHSD *view*
+    (``.transpose(1, 2)``) of the contiguous BSHD (B, S_q, H_q, D) buffer the FP8 kernel writes, as
+    torch's flash SDPA returns, so ``out.is_contiguous()`` is False whenever H_q > 1 and S_q > 1.
+    ``out.transpose(1, 2).reshape(B, S_q, H_q * D)`` (the usual next step) is then free; call
+    ``.contiguous()`` if a BHSD-contiguous tensor is needed (a copy). ``is_causal`` is top-left aligned
+    as in SDPA for any S_q, S_kv. ``hadamard``: NONE, QKV or V_ONLY (rotation by diag(s) H_D / sqrt(D)
+    before quantization, undone on the output with ``inverse_rht``); ``sign_vector`` s: +-1 entries,
+    length D, as a tensor, list, tuple or ``SignVector`` (default ones; other entries raise
+    ValueError). ``backend``: an ``AttentionBackend`` or None (automatic: FA4 on SM100, FA3 on SM90,
+    else RuntimeError). ``attn_mask`` (bool, True attends, or additive float; broadcastable to
+    (B, H_q, S_q, S_kv); with ``is_causal`` both apply; a row with no visible key gives 0, as in
+    torch): FP8_TRITON and FP8_REFERENCE only. Refused with ValueError: an ``attn_mask`` on FA3/FA4,
+    ``dropout_p != 0``, head dims the backend lacks, other dtypes, inputs requiring grad; TypeError for
+    inputs that are not tensors
+    (a numpy array included).
+
+    Gradients: none (the library's gradient policy: differentiable only where the backward is another
+    call of our kernels). With grad mode on and an input requiring grad, ValueError before any launch:
+    call it under ``torch.no_grad()`` or ``.detach()`` the inputs. (``apply_low_precision_attention``
+    routes such calls to the original SDPA instead.)
+
+    Non-finite inputs (by design): the per-head scales of ``fp8_quant.quantize_qkv`` are poisoned by a
+    NaN or Inf, so the whole head is NaN rather than silently wrong. One NaN or +-Inf in q[b, h] makes
+    every element of the output of batch b's query heads that share h's scale (h's GQA group,
+    H_q/H_kv heads) NaN; one in k[b, j] or v[b, j] makes every element of every query head that reads
+    KV head j NaN, even rows that a causal mask keeps from seeing the bad key. Every other (batch,
+    head) is exactly what it would be without the bad value. torch's SDPA instead confines a NaN in q
+    to its row and an Inf in v to one column. Check inputs with ``torch.isfinite`` upstream where
+    that matters.
+
+    Smoothing (bools, default off; exact on every backend, ``attention.smoothing``): ``smooth_k``
+    quantizes K minus its per-(batch, KV head, channel) mean over S_kv, ``smooth_v`` V minus its mean
+    m, added back to the output in fp32 before the one rounding to the output dtype. Each helps when K
+    or V carries a per-channel bias that would otherwise set the FP8 scale.
+
+    >>> q, k, v = torch.randn(3, 1, 2, 64, 64, dtype=torch.bfloat16)
+    >>> out = fp8_sdpa(q, k, v, is_causal=True, backend="FP8_REFERENCE")
+    >>> out.shape, out.dtype, out.is_contiguous()
+    (torch.Size([1, 2, 64, 64]), torch.bfloat16, False)
+    >>> fp8_sdpa(q, k + 8, v + 8, backend="FP8_REFERENCE", smooth_k=True, smooth_v=True).shape
+    torch.Size([1, 2, 64, 64])
     """
     if not isinstance(query, torch.Tensor):
         raise TypeError(f"query must be a torch.Tensor, got {type(query).__name__}")
@@ -322,20 +406,34 @@ def fp8_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_m
                              backend=b, hadamard=mode)
     if why is not None:
         raise ValueError(f"fp8_sdpa: {why}")
+    if type(smooth_k) is not bool or type(smooth_v) is not bool:
+        check_smooth("fp8_sdpa", smooth_k, smooth_v)
     signs = None if sign_vector is None else _resolve_sign(sign_vector, query.shape[-1], mode)
-    return _fp8_sdpa_impl(query, key, value, is_causal, scale, b, mode, signs)
+    return _fp8_sdpa_impl(query, key, value, is_causal, scale, b, mode, signs, attn_mask=attn_mask, smooth_k=smooth_k,
+                          smooth_v=smooth_v)
 
 
 def fp8_rope_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *,
                   rope_interleaved: bool = False, is_causal: bool = False, scale: Optional[float] = None,
                   hadamard: HadamardMode | str = HadamardMode.NONE, backend: AttentionBackend | str | None = None,
-                  sign_vector=None) -> torch.Tensor:
+                  sign_vector=None, smooth_k: bool = False, smooth_v: bool = False) -> torch.Tensor:
     """FP8 attention on pre-RoPE BSHD inputs with RoPE fused into the quantization.
 
-    q (B, S_q, H_q, D), k/v (B, S_kv, H_kv, D), bf16/fp16, H_q a multiple of H_kv (GQA implied);
-    cos/sin (S, D) or (S, D/2) with S >= max(S_q, S_kv) (``fp8_quant.quantize_qkv``'s convention:
-    NeoX half-split pairs, or interleaved pairs with ``rope_interleaved``). Returns BHSD
-    (B, H_q, S_q, D) in the input dtype. Other arguments as ``fp8_sdpa``.
+    q (B, S_q, H_q, D), k/v (B, S_kv, H_kv, D): BSHD, unlike ``fp8_sdpa``; bf16/fp16, H_q a multiple
+    of H_kv (GQA implied); cos/sin (S, D) or (S, D/2) with S >= max(S_q, S_kv)
+    (``fp8_quant.quantize_qkv``'s convention: NeoX half-split pairs, or interleaved pairs with
+    ``rope_interleaved``). BHSD tensors are read with S as the head count: where that breaks the GQA
+    rule the ValueError names the layout and says to pass ``.transpose(1, 2)``; where it does not
+    (e.g. equal head counts and equal lengths) nothing can tell, so pass BSHD. Returns BHSD
+    (B, H_q, S_q, D) in the input dtype, a non-contiguous view of a BSHD buffer as for ``fp8_sdpa``.
+    Gradients and non-finite inputs as for ``fp8_sdpa`` (cos/sin requiring grad are refused too).
+    Other arguments as ``fp8_sdpa`` (``smooth_k`` smooths K after RoPE, exact all the same).
+
+    >>> q, k, v = torch.randn(3, 1, 64, 2, 64, dtype=torch.bfloat16)  # BSHD
+    >>> ang = torch.arange(64.0)[:, None] * torch.rand(32)
+    >>> out = fp8_rope_sdpa(q, k, v, ang.cos(), ang.sin(), is_causal=True, backend="FP8_REFERENCE")
+    >>> out.shape  # BHSD
+    torch.Size([1, 2, 64, 64])
     """
     if not isinstance(q, torch.Tensor):
         raise TypeError(f"q must be a torch.Tensor, got {type(q).__name__}")
@@ -346,37 +444,59 @@ def fp8_rope_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.
         raise ValueError(f"fp8_rope_sdpa: {why}")
     d = q.shape[-1]
     signs = _resolve_sign(sign_vector, d, mode)
+    if type(smooth_k) is not bool or type(smooth_v) is not bool:
+        check_smooth("fp8_rope_sdpa", smooth_k, smooth_v)
     if q.numel() == 0:
         return torch.empty((q.shape[0], q.shape[2], q.shape[1], v.shape[-1]), dtype=q.dtype, device=q.device)
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     qkv = quantize_qkv(q, k, v, layout="BSHD", cos=cos, sin=sin, rope_interleaved=rope_interleaved,
-                       hadamard=mode, sign_vector=signs)
+                       hadamard=mode, sign_vector=signs, smooth_k=smooth_k, smooth_v=smooth_v)
     return _run(qkv, scale, is_causal, b, mode, signs, q.dtype, "BSHD")
 
 
 def fp8_fa3_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
-                 *, hadamard=HadamardMode.NONE, sign_vector=None) -> torch.Tensor:
-    """``fp8_sdpa`` on FlashAttention-3 (SM90)."""
+                 *, hadamard=HadamardMode.NONE, sign_vector=None, smooth_k=False, smooth_v=False) -> torch.Tensor:
+    """``fp8_sdpa`` on FlashAttention-3 (SM90).
+
+    >>> q = k = v = torch.randn(1, 8, 4096, 128, device="cuda").bfloat16()  # doctest: +SKIP
+    >>> out = fp8_fa3_sdpa(q, k, v, is_causal=True, hadamard="qkv")  # (1, 8, 4096, 128)  # doctest: +SKIP
+    """
     return fp8_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, hadamard=hadamard,
-                    backend=AttentionBackend.FP8_FA3, sign_vector=sign_vector)
+                    backend=AttentionBackend.FP8_FA3, sign_vector=sign_vector, smooth_k=smooth_k, smooth_v=smooth_v)
 
 
 def fp8_fa3_rope_sdpa(q, k, v, cos, sin, *, rope_interleaved=False, is_causal=False, scale=None,
-                      hadamard=HadamardMode.NONE, sign_vector=None) -> torch.Tensor:
-    """``fp8_rope_sdpa`` on FlashAttention-3 (SM90)."""
+                      hadamard=HadamardMode.NONE, sign_vector=None, smooth_k=False, smooth_v=False) -> torch.Tensor:
+    """``fp8_rope_sdpa`` on FlashAttention-3 (SM90).
+
+    >>> q = k = v = torch.randn(1, 4096, 8, 128, device="cuda").bfloat16()  # BSHD  # doctest: +SKIP
+    >>> ang = torch.outer(torch.arange(4096.0), 1e4 ** (-torch.arange(0, 128, 2) / 128)).cuda()  # doctest: +SKIP
+    >>> out = fp8_fa3_rope_sdpa(q, k, v, ang.cos(), ang.sin(), is_causal=True)  # BHSD  # doctest: +SKIP
+    """
     return fp8_rope_sdpa(q, k, v, cos, sin, rope_interleaved=rope_interleaved, is_causal=is_causal, scale=scale,
-                         hadamard=hadamard, backend=AttentionBackend.FP8_FA3, sign_vector=sign_vector)
+                         hadamard=hadamard, backend=AttentionBackend.FP8_FA3, sign_vector=sign_vector,
+                         smooth_k=smooth_k, smooth_v=smooth_v)
 
 
 def fp8_fa4_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
-                 *, hadamard=HadamardMode.NONE, sign_vector=None) -> torch.Tensor:
-    """``fp8_sdpa`` on FlashAttention-4 (SM100 only; refuses elsewhere)."""
+                 *, hadamard=HadamardMode.NONE, sign_vector=None, smooth_k=False, smooth_v=False) -> torch.Tensor:
+    """``fp8_sdpa`` on FlashAttention-4 (SM100 only; refuses elsewhere).
+
+    >>> q = k = v = torch.randn(1, 8, 4096, 128, device="cuda").bfloat16()  # doctest: +SKIP
+    >>> out = fp8_fa4_sdpa(q, k, v, is_causal=True)  # (1, 8, 4096, 128)  # doctest: +SKIP
+    """
     return fp8_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, hadamard=hadamard,
-                    backend=AttentionBackend.FP8_FA4, sign_vector=sign_vector)
+                    backend=AttentionBackend.FP8_FA4, sign_vector=sign_vector, smooth_k=smooth_k, smooth_v=smooth_v)
 
 
 def fp8_fa4_rope_sdpa(q, k, v, cos, sin, *, rope_interleaved=False, is_causal=False, scale=None,
-                      hadamard=HadamardMode.NONE, sign_vector=None) -> torch.Tensor:
-    """``fp8_rope_sdpa`` on FlashAttention-4 (SM100 only; refuses elsewhere)."""
+                      hadamard=HadamardMode.NONE, sign_vector=None, smooth_k=False, smooth_v=False) -> torch.Tensor:
+    """``fp8_rope_sdpa`` on FlashAttention-4 (SM100 only; refuses elsewhere).
+
+    >>> q = k = v = torch.randn(1, 4096, 8, 128, device="cuda").bfloat16()  # BSHD  # doctest: +SKIP
+    >>> ang = torch.outer(torch.arange(4096.0), 1e4 ** (-torch.arange(0, 128, 2) / 128)).cuda()  # doctest: +SKIP
+    >>> out = fp8_fa4_rope_sdpa(q, k, v, ang.cos(), ang.sin(), is_causal=True)  # BHSD  # doctest: +SKIP
+    """
     return fp8_rope_sdpa(q, k, v, cos, sin, rope_interleaved=rope_interleaved, is_causal=is_causal, scale=scale,
-                         hadamard=hadamard, backend=AttentionBackend.FP8_FA4, sign_vector=sign_vector)
+                         hadamard=hadamard, backend=AttentionBackend.FP8_FA4, sign_vector=sign_vector,
+                         smooth_k=smooth_k, smooth_v=smooth_v)

@@ -27,7 +27,11 @@ only from the frame it compiles, so a wrapper compiled as a submodule of a large
 under ``torch.export``, does not count its compiled calls. The registration adds one function of this
 module to that set at import; it changes nothing else.
 
-Calls the FP8 path cannot serve (a mask, dropout, an unsupported head dim or dtype, inputs requiring
+Masked calls (an ``attn_mask``) run in FP8 only where the user chose a backend for them,
+``masked_backend=AttentionBackend.FP8_TRITON`` (or FP8_REFERENCE, the slow reference): they go to
+``fp8_sdpa(..., backend=masked_backend)`` and are counted in ``masked_fp8_calls``. Without it, or when
+that backend cannot serve the call, they fall back like any other call. Calls the FP8 path cannot
+serve (a mask without ``masked_backend``, dropout, an unsupported head dim or dtype, inputs requiring
 grad) go to the original SDPA with ``unsupported="fallback"`` (counted, warned once per wrapper) or
 raise ValueError with ``unsupported="raise"``. A mask is never dropped or replaced. A missing backend
 (no FA3/FA4 for the device and no explicit ``FP8_REFERENCE``) is an error, never a bf16 fallback.
@@ -46,6 +50,8 @@ from torch.overrides import TorchFunctionMode
 
 from attention.backends import AttentionBackend, as_backend, resolve_backend
 from attention.sdpa import _as_mode, _resolve_sign, fp8_sdpa, unsupported_reason
+from attention.smoothing import check_smooth
+from attention.triton_fp8 import MASK_BACKENDS
 from fp8_quant import HadamardMode
 
 _SDPA = F.scaled_dot_product_attention
@@ -69,23 +75,25 @@ def _bind(args, kwargs) -> Optional[dict]:
 
 
 class _Counts:
-    __slots__ = ("fp8", "fallback")
+    __slots__ = ("fp8", "fallback", "masked")
 
     def __init__(self):
         self.fp8 = 0
         self.fallback = 0
+        self.masked = 0
 
 
 _COUNTS: dict[int, _Counts] = {}  # wrapper key -> its counts (the entry goes with its wrapper)
 _KEYS = itertools.count()
 
 
-def _count(key: int, fp8: int, fallback: int) -> None:
+def _count(key: int, fp8: int, fallback: int, masked: int = 0) -> None:
     """Add one compiled forward's routed calls to wrapper ``key``'s counters (replayed after the graph)."""
     counts = _COUNTS.get(key)
     if counts is not None:
         counts.fp8 += fp8
         counts.fallback += fallback
+        counts.masked += masked
 
 
 torch._dynamo.config.reorderable_logging_functions.add(_count)
@@ -95,7 +103,7 @@ class _SDPARouter(TorchFunctionMode):
     def __init__(self, owner: "LowPrecisionAttention", tally: list):
         super().__init__()
         self.owner = owner
-        self.tally = tally  # [fp8, fallback] of this forward (used under torch.compile)
+        self.tally = tally  # [fp8, fallback, masked fp8] of this forward (used under torch.compile)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -107,19 +115,39 @@ class _SDPARouter(TorchFunctionMode):
 class LowPrecisionAttention(torch.nn.Module):
     """Runs ``model`` with every ``F.scaled_dot_product_attention`` call in FP8 where possible.
 
-    Counters: ``fp8_calls`` (served by ``fp8_sdpa``), ``fallback_calls`` (handed to the original
-    SDPA); ``reset_counters()`` zeroes them. Exact per call in eager mode and under torch.compile
-    (each run of the compiled wrapper counts its routed calls, tracing itself counts nothing); they are
-    never guarded on, so they cause no recompiles (module docstring). Not counted under torch.export.
+    Counters, one per path: ``fp8_calls`` (unmasked calls served by ``fp8_sdpa``), ``masked_fp8_calls``
+    (calls with an ``attn_mask`` served by ``fp8_sdpa`` on ``masked_backend``), ``fallback_calls``
+    (handed to the original SDPA); ``reset_counters()`` zeroes them. Exact per call in eager mode and
+    under torch.compile (each run of the compiled wrapper counts its routed calls, tracing itself counts
+    nothing); they are never guarded on, so they cause no recompiles (module docstring). Not counted
+    under torch.export.
+
+    >>> class Attention(torch.nn.Module):
+    ...     def forward(self, q, k, v):
+    ...         return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    >>> model = LowPrecisionAttention(Attention(), backend="FP8_REFERENCE")
+    >>> q = k = v = torch.randn(1, 2, 16, 64, dtype=torch.bfloat16)
+    >>> _ = model(q, k, v)
+    >>> _ = model(q.float(), k.float(), v.float())  # float32: the original SDPA (warned once)
+    >>> model.fp8_calls, model.fallback_calls
+    (1, 1)
+    >>> model.reset_counters()
     """
 
     def __init__(self, model: torch.nn.Module, backend=None, hadamard=HadamardMode.NONE,
-                 unsupported: str = "fallback", sign_vector=None):
+                 unsupported: str = "fallback", sign_vector=None, masked_backend=None, smooth_k: bool = False,
+                 smooth_v: bool = False):
         super().__init__()
         if unsupported not in ("fallback", "raise"):
             raise ValueError(f"unsupported must be 'fallback' or 'raise', got {unsupported!r}")
+        check_smooth("apply_low_precision_attention", smooth_k, smooth_v)
+        self.smooth_k, self.smooth_v = smooth_k, smooth_v  # fp8_sdpa's exact K/V smoothing, every routed call
         self.model = model
         self.backend = None if backend is None else as_backend(backend)
+        self.masked_backend = None if masked_backend is None else as_backend(masked_backend)
+        if self.masked_backend is not None and self.masked_backend not in MASK_BACKENDS:
+            raise ValueError(f"masked_backend must be one of {[b.value for b in MASK_BACKENDS]} (the kernels that "
+                             f"take attn_mask), got {self.masked_backend.value}")
         self.hadamard = _as_mode(hadamard)
         self.unsupported = unsupported
         # validated once here (+-1 entries; the length is checked against each call's head dim)
@@ -138,25 +166,33 @@ class LowPrecisionAttention(torch.nn.Module):
     def fallback_calls(self) -> int:
         return self._counts.fallback
 
+    @property
+    def masked_fp8_calls(self) -> int:
+        return self._counts.masked
+
     def reset_counters(self) -> None:
         self._counts.fp8 = 0
         self._counts.fallback = 0
+        self._counts.masked = 0
 
     def forward(self, *args, **kwargs):
-        tally = [0, 0]
+        tally = [0, 0, 0]
         with _SDPARouter(self, tally):
             out = self.model(*args, **kwargs)
         if torch.compiler.is_compiling():
-            _count(self._count_key, tally[0], tally[1])
+            _count(self._count_key, tally[0], tally[1], tally[2])
         return out
 
-    def _tally(self, tally: list, fp8: bool) -> None:
+    def _tally(self, tally: list, path: int) -> None:
+        """path: 0 FP8, 1 fallback, 2 masked FP8."""
         if torch.compiler.is_compiling():
-            tally[0 if fp8 else 1] += 1
-        elif fp8:
+            tally[path] += 1
+        elif path == 0:
             self._counts.fp8 += 1
-        else:
+        elif path == 1:
             self._counts.fallback += 1
+        else:
+            self._counts.masked += 1
 
     def _route(self, args, kwargs, tally):
         bound = _bind(args, kwargs)
@@ -164,13 +200,21 @@ class LowPrecisionAttention(torch.nn.Module):
             return _SDPA(*args, **kwargs)
         query = bound["query"]
         backend = resolve_backend(self.backend, query.device)  # RuntimeError: no backend (never bf16)
-        why = unsupported_reason(**bound, backend=backend, hadamard=self.hadamard)
+        masked = bound["attn_mask"] is not None
+        if masked and self.masked_backend is None:
+            why = ("attn_mask is given and masked_backend is not set (masked calls run in FP8 only with "
+                   "masked_backend=AttentionBackend.FP8_TRITON)")
+        else:
+            if masked:
+                backend = resolve_backend(self.masked_backend, query.device)
+            why = unsupported_reason(**bound, backend=backend, hadamard=self.hadamard)
         if why is None:
-            self._tally(tally, True)
-            return fp8_sdpa(**bound, hadamard=self.hadamard, backend=backend, sign_vector=self.sign_vector)
+            self._tally(tally, 2 if masked else 0)
+            return fp8_sdpa(**bound, hadamard=self.hadamard, backend=backend, sign_vector=self.sign_vector,
+                            smooth_k=self.smooth_k, smooth_v=self.smooth_v)
         if self.unsupported == "raise":
             raise ValueError(f"apply_low_precision_attention: SDPA call cannot run in FP8: {why}")
-        self._tally(tally, False)
+        self._tally(tally, 1)
         if not torch.compiler.is_compiling() and not self._warned:  # is_compiling first: no guard on _warned
             self._warned = True
             warnings.warn(f"apply_low_precision_attention: an SDPA call runs in the original precision "
@@ -182,8 +226,24 @@ class LowPrecisionAttention(torch.nn.Module):
 def apply_low_precision_attention(model: torch.nn.Module, backend: AttentionBackend | str | None = None,
                                   hadamard: HadamardMode | str = HadamardMode.NONE,
                                   unsupported: str = "fallback",
-                                  sign_vector=None) -> LowPrecisionAttention:
+                                  sign_vector=None,
+                                  masked_backend: AttentionBackend | str | None = None, smooth_k: bool = False,
+                                  smooth_v: bool = False) -> LowPrecisionAttention:
     """A module whose forward runs ``model`` with SDPA calls routed to ``fp8_sdpa`` (see the module
-    docstring). ``model`` itself is not modified; calling it directly still runs plain SDPA."""
+    docstring). ``model`` itself is not modified; calling it directly still runs plain SDPA.
+    ``masked_backend`` (FP8_TRITON, or FP8_REFERENCE): serve calls with an ``attn_mask`` in FP8 on it
+    (counted in ``masked_fp8_calls``) instead of the original SDPA. ``smooth_k`` / ``smooth_v``:
+    ``fp8_sdpa``'s exact K/V smoothing on every routed call.
+
+    >>> class Attention(torch.nn.Module):
+    ...     def forward(self, q, k, v):
+    ...         return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    >>> model = apply_low_precision_attention(Attention(), backend="FP8_REFERENCE", hadamard="QKV")
+    >>> q, k, v = torch.randn(3, 1, 2, 32, 64, dtype=torch.bfloat16)
+    >>> out = model(q, k, v)
+    >>> out.shape, model.fp8_calls, model.fallback_calls
+    (torch.Size([1, 2, 32, 64]), 1, 0)
+    """
     return LowPrecisionAttention(model, backend=backend, hadamard=hadamard, unsupported=unsupported,
-                                 sign_vector=sign_vector)
+                                 sign_vector=sign_vector, masked_backend=masked_backend, smooth_k=smooth_k,
+                                 smooth_v=smooth_v)

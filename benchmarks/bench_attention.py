@@ -29,7 +29,11 @@ the first (dynamo's ``stats/unique_graphs`` counter; must be 0), e.g. ``sqnr_vs_
 
 TFLOP/s via ``harness.attention_flops`` (halved when causal); ``speedup`` against ``bf16-fa3``. Without an
 FA3 provider the FA3 cases are skipped with a printed note. On CPU (``ctx.quick``): one tiny
-FP8_REFERENCE case, a plumbing smoke whose timing means nothing.
+FP8_REFERENCE case per S (default S=128), a plumbing smoke whose timing means nothing.
+
+``ctx.sizes``: S (``SIZES``; the tour refuses others before any work, ``size_problem``), every case
+above at each S; the compiled-block rows at each given S too (without sizes: ``BLOCK_SIZES``, 4096
+only with ``--quick``). Plots: TFLOP/s (and the quantize / rotate rows as % of clone) against S.
 """
 
 from __future__ import annotations
@@ -39,12 +43,24 @@ from typing import Iterable
 
 import torch
 
+from benchmarks import harness
 from benchmarks.harness import Case, Context, attention_flops, bytes_read_write
 
 SUITE = "attention"
 GPU_SIZES = [4096, 16384, 65536]
 B, H, D = 1, 32, 128
 BLOCK_SIZES = [4096, 16384]
+CPU_MAX_S = 2048  # the float64 reference and the interpreter take minutes above this
+SIZES = f"S (sequence length, S_q = S_kv) >= 1; S <= {CPU_MAX_S} on the CPU interpreter"
+PLOT = harness.Plot("sequence length S (tokens, S_q = S_kv; log2 axis)",
+                    series=lambda r: f"{r['op']} / {r['impl']}")
+
+
+def size_problem(n: int, ctx: Context) -> str | None:
+    """Why this suite cannot run S = n (None: it can)."""
+    if not ctx.on_gpu and n > CPU_MAX_S:
+        return f"S={n} is above {CPU_MAX_S}: the CPU interpreter and float64 reference would take very long"
+    return None
 
 
 class _Layer(torch.nn.Module):
@@ -126,21 +142,27 @@ def _cpu_cases(ctx: Context) -> Iterable[Case]:
     from attention import AttentionBackend, fp8_sdpa
     from attention.reference import sdpa_reference, sqnr_db
 
-    s = (ctx.sizes or [128])[0]
     g = torch.Generator(device=ctx.device).manual_seed(0)
-    q, k, v = (torch.randn(1, 2, s, 64, generator=g, device=ctx.device).to(torch.bfloat16) for _ in range(3))
-    fn = lambda: fp8_sdpa(q, k, v, is_causal=True, backend=AttentionBackend.FP8_REFERENCE)  # noqa: E731
+    for s in ctx.sizes or [128]:  # every S asked for (one case each)
+        q, k, v = (torch.randn(1, 2, s, 64, generator=g, device=ctx.device).to(torch.bfloat16) for _ in range(3))
 
-    def check():
-        val = sqnr_db(fn(), sdpa_reference(q, k, v, True))
-        return "sqnr_db", val, val >= 24.0
+        def fn(q=q, k=k, v=v):
+            return fp8_sdpa(q, k, v, is_causal=True, backend=AttentionBackend.FP8_REFERENCE)
 
-    yield Case(suite=SUITE, op="sdpa-causal", impl="fp8-reference", shape=f"1x2x{s}x64", dtype="bf16", fn=fn,
-               flops=attention_flops(1, 2, s, s, 64, True), check=check, size=s,
-               note="CPU interpreter smoke: timing meaningless")
+        def check(fn=fn, q=q, k=k, v=v):
+            val = sqnr_db(fn(), sdpa_reference(q, k, v, True))
+            return "sqnr_db", val, val >= 24.0
+
+        yield Case(suite=SUITE, op="sdpa-causal", impl="fp8-reference", shape=f"1x2x{s}x64", dtype="bf16", fn=fn,
+                   flops=attention_flops(1, 2, s, s, 64, True), check=check, size=s,
+                   note="CPU interpreter smoke: timing meaningless")
 
 
 def cases(ctx: Context) -> Iterable[Case]:
+    if ctx.sizes:
+        bad = [f"{n}: {size_problem(n, ctx)}" for n in ctx.sizes if size_problem(n, ctx)]
+        if bad:  # the tour refuses these before any work; a direct caller gets the same reasons
+            raise ValueError(f"{SUITE}: sizes it cannot run: {'; '.join(bad)}")
     if not ctx.on_gpu:
         yield from _cpu_cases(ctx)
         return
@@ -234,5 +256,106 @@ def cases(ctx: Context) -> Iterable[Case]:
 
             yield Case(suite=SUITE, op=op, impl="fp8-kernel-only", shape=shape, dtype="bf16", fn=kernel_only,
                        flops=flops, baseline=base_key, size=s, note="pre-quantized")
+    yield from _triton_cases(sizes, fa3)
     if fa3 is not None:
-        yield from _block_cases([s for s in (ctx.sizes or BLOCK_SIZES) if not ctx.quick or s == 4096] or [4096])
+        yield from _block_cases(ctx.sizes or ([4096] if ctx.quick else BLOCK_SIZES))
+
+
+TRITON_HEAD_DIMS = (64, 128, 256)
+
+
+def _visible_pairs(s: int, s_valid: int, causal: bool) -> int:
+    """(query, key) pairs a key-padding mask (keys >= s_valid masked) leaves, causal or not."""
+    if not causal:
+        return s * s_valid
+    return s_valid * (s_valid + 1) // 2 + (s - s_valid) * s_valid
+
+
+def _triton_cases(sizes, fa3) -> Iterable[Case]:
+    """FP8_TRITON rows (ops ``triton-sdpa`` / ``triton-sdpa-causal``) with their own bf16 FA3 / FP8 FA3
+    baselines from the same run. D = 128 at every size; D = 64 and 256 at S = 16384 only (or the
+    first size given), to keep the suite's autotuning within its time."""
+    from attention import AttentionBackend, fp8_sdpa
+    from attention.triton_fp8 import _triton_fp8_launch, transpose_v
+    from fp8_quant import quantize_qkv
+
+    if fa3 is None:
+        print("# attention: FP8_TRITON rows need the FA3 provider for their baselines; skipped")
+        return
+    TRITON = AttentionBackend.FP8_TRITON
+    g = torch.Generator(device="cuda").manual_seed(2)
+    for d in TRITON_HEAD_DIMS:
+        scale = d ** -0.5
+        d_sizes = sizes if d == D else ([x for x in sizes if x == 16384] or list(sizes[:1]))
+        for s in d_sizes:
+            qb, kb, vb = (torch.randn(B, s, H, d, generator=g, device="cuda", dtype=torch.float32).to(torch.bfloat16)
+                          for _ in range(3))
+            qh, kh, vh = (t.transpose(1, 2) for t in (qb, kb, vb))
+            pre = quantize_qkv(qb, kb, vb, layout="BSHD")
+            p8 = (pre.q, pre.k, pre.v)
+            ds = (pre.q_descale, pre.k_descale, pre.v_descale)
+            vt = transpose_v(pre.v)
+            s_valid = 3 * s // 4
+            pad = (torch.arange(s, device="cuda") < s_valid)[None, None, None]
+            shape = f"{B}x{H}x{s}x{d}"
+            for causal in (False, True):
+                op = "triton-sdpa-causal" if causal else "triton-sdpa"
+                flops = attention_flops(B, H, s, s, d, causal)
+                key = lambda impl, op=op, shape=shape: f"{SUITE}/{op}/{impl}/{shape}/bf16"  # noqa: E731
+
+                def bf16(qb=qb, kb=kb, vb=vb, causal=causal):
+                    out = fa3(qb, kb, vb, causal=causal)
+                    return out[0] if isinstance(out, (tuple, list)) else out
+
+                def fa3_fp8(p8=p8, ds=ds, causal=causal, scale=scale):
+                    out = fa3(*p8, softmax_scale=scale, causal=causal, q_descale=ds[0], k_descale=ds[1],
+                              v_descale=ds[2])
+                    return out[0] if isinstance(out, (tuple, list)) else out
+
+                def kernel(p8=p8, ds=ds, vt=vt, causal=causal, scale=scale):
+                    return _triton_fp8_launch(p8[0], p8[1], vt, *ds, scale, causal, v_is_transposed=True)
+
+                def launch_v(p8=p8, ds=ds, causal=causal, scale=scale):
+                    return _triton_fp8_launch(*p8, *ds, scale, causal)
+
+                def e2e(qh=qh, kh=kh, vh=vh, causal=causal):
+                    return fp8_sdpa(qh, kh, vh, is_causal=causal, backend=TRITON)
+
+                def keypad(p8=p8, ds=ds, vt=vt, causal=causal, scale=scale, pad=pad):
+                    return _triton_fp8_launch(p8[0], p8[1], vt, *ds, scale, causal, pad, v_is_transposed=True)
+
+                def check_vs(fn, ref_fn, bshd=True):
+                    def check():
+                        got = fn()
+                        got = got if bshd else got.transpose(1, 2)
+                        val = _sqnr(got, ref_fn())
+                        return "sqnr_vs_bf16_fa3_db", val, val >= 25.0
+                    return check
+
+                yield Case(suite=SUITE, op=op, impl="bf16-fa3", shape=shape, dtype="bf16", fn=bf16, flops=flops, size=s)
+                yield Case(suite=SUITE, op=op, impl="fp8-fa3-kernel", shape=shape, dtype="bf16", fn=fa3_fp8,
+                           flops=flops, size=s, baseline=key("bf16-fa3"), check=check_vs(fa3_fp8, bf16),
+                           note="pre-quantized")
+                yield Case(suite=SUITE, op=op, impl="fp8-triton-kernel", shape=shape, dtype="bf16", fn=kernel,
+                           flops=flops, size=s, baseline=key("bf16-fa3"), check=check_vs(kernel, bf16),
+                           ratio_to=key("fp8-fa3-kernel"), target=harness.Target(1 / 0.85),
+                           note="pre-quantized, V^T made beforehand; ratio = time / FA3 FP8 kernel")
+                yield Case(suite=SUITE, op=op, impl="fp8-triton-launch", shape=shape, dtype="bf16", fn=launch_v,
+                           flops=flops, size=s, baseline=key("bf16-fa3"), ratio_to=key("fp8-triton-kernel"),
+                           note="pre-quantized, V^T copy in the launcher")
+                yield Case(suite=SUITE, op=op, impl="fp8-triton", shape=shape, dtype="bf16", fn=e2e, flops=flops,
+                           size=s, baseline=key("bf16-fa3"), check=check_vs(e2e, bf16, bshd=False),
+                           ratio_to=key("bf16-fa3"), target=harness.Target(1 / 1.15) if s >= 16384 else None,
+                           note="fp8_sdpa end to end; ratio = time / bf16 FA3")
+                visible = _visible_pairs(s, s_valid, causal)
+                frac = visible / (s * s if not causal else s * (s + 1) / 2)
+
+                def fa3_short(qb=qb, kb=kb, vb=vb, s_valid=s_valid):  # non-causal key padding = shorter keys
+                    out = fa3(qb, kb[:, :s_valid], vb[:, :s_valid], causal=False)
+                    return out[0] if isinstance(out, (tuple, list)) else out
+
+                yield Case(suite=SUITE, op=op, impl="fp8-triton-keypad", shape=shape, dtype="bf16", fn=keypad,
+                           flops=4.0 * B * H * d * visible, size=s, ratio_to=key("fp8-triton-kernel"),
+                           target=harness.Target(frac / 0.9),
+                           check=None if causal else check_vs(keypad, fa3_short),
+                           note=f"(B,1,1,S) bool mask, keys >= {s_valid} masked; FLOPs of the unmasked work")

@@ -15,7 +15,9 @@ every head (all rows in quick mode) and descales exactly (ok needs equal descale
 only rounding-midpoint flips may differ). On a GPU the check also prints the host time of one call
 (``# fp8_quant host``: launches enqueued without waiting): where it exceeds the kernel time, the timing
 measures the host, not the GPU. Peer: torchao's FP8 SDPA quantizer when importable.
-ctx.quick: B=1, H=2, S=64 and 100, D=64.
+ctx.quick: B=1, H=2, S=64 and 100, D=64. ``ctx.sizes``: S (``SIZES``; the tour refuses others before
+any work, ``size_problem``); a shape whose inputs would not fit the memory available gets rows
+"skipped: needs X GiB ...". Plots: GB/s as % of clone against S, one line per variant / impl / B, H.
 """
 
 from __future__ import annotations
@@ -25,9 +27,23 @@ from typing import Iterable
 
 import torch
 
+from benchmarks import harness
 from benchmarks.harness import Case, Context, GraphReplay, rotation_count, Rotating
 
 _CHECK_ROWS = 2048
+CPU_MAX_S = 1024  # the interpreter takes minutes per variant above this (S = 2048: ~6 min in all)
+SIZES = f"S (sequence length) >= 1; S <= {CPU_MAX_S} on the CPU interpreter"
+PLOT = harness.Plot("sequence length S (tokens; log2 axis)",
+                    series=lambda r: f"{r['op']} / {r['impl']} / "
+                                     + " ".join(t for t in str(r["shape"]).split() if not t.startswith("S")))
+BYTES_PER_ELEMENT = 4 + 2 + 1 + 8  # float32 randn, bf16 input, e4m3 payload, the check's float64 reference
+
+
+def size_problem(n: int, ctx: Context) -> str | None:
+    """Why this suite cannot run S = n (None: it can)."""
+    if not ctx.on_gpu and n > CPU_MAX_S:
+        return f"S={n} is above {CPU_MAX_S}: the CPU interpreter would take very long"
+    return None
 
 
 def _quantize(q, k, v, **kw):
@@ -121,6 +137,10 @@ def cases(ctx: Context) -> Iterable[Case]:
     gen.manual_seed(0)
     d = 64 if ctx.quick else 128
     impls = ["auto"]
+    if ctx.sizes:
+        bad = [f"{n}: {size_problem(n, ctx)}" for n in ctx.sizes if size_problem(n, ctx)]
+        if bad:  # the tour refuses these before any work; a direct caller gets the same reasons
+            raise ValueError(f"fp8_quant: sizes it cannot run: {'; '.join(bad)}")
     if ctx.quick:
         sizes = ctx.sizes or [64, 100]
         plan = [((1, 2, 2, s_), v_, impls) for s_ in sizes for v_ in ("plain", "rope+hadamard")]
@@ -139,12 +159,21 @@ def cases(ctx: Context) -> Iterable[Case]:
             plan += [((8, 32, 32, 4096), "plain", ["auto"]), ((1, 32, 8, 16384), "rope+hadamard", ["auto"])]
     peer_note_done = False
     for b, hq, hkv, s in dict.fromkeys(cfg for cfg, _, _ in plan):
+        shape = f"B{b} Hq{hq} Hkv{hkv} S{s} D{d}"
+        try:
+            harness.require_memory(BYTES_PER_ELEMENT * b * (hq + 2 * hkv) * s * d, device,
+                                   f"q, k, v of {shape}, payloads and reference")
+        except harness.Skipped as e:
+            for cfg, vname, case_impls in plan:
+                if cfg == (b, hq, hkv, s):
+                    yield from (harness.skip_case("fp8_quant", f"quantize_qkv/{vname}", impl, shape, "bf16", str(e),
+                                                  size=s) for impl in case_impls)
+            continue
         q, k, v = _inputs(b, hq, hkv, s, d, device, gen)
         cos, sin = _rope(s, d, device)
         sign = (torch.randint(0, 2, (d,), device=device, generator=gen) * 2 - 1).float()
         n_in = q.numel() + k.numel() + v.numel()
         nbytes = 3 * n_in  # 2 bytes read + 1 byte written per element
-        shape = f"B{b} Hq{hq} Hkv{hkv} S{s} D{d}"
         variants = {
             "plain": {},
             "rope": dict(cos=cos, sin=sin),

@@ -21,13 +21,17 @@ sets; ``launch`` the same kernel through the launcher seam ``H._launch`` (the di
 function's host overhead); ``graph`` one captured call replayed from a CUDA graph (GPU only: the
 kernel without host overhead).
 
-``ctx.quick``: 4 rows, a few n <= 1024. ``ctx.sizes``: those n only (powers of two or K * 2^m), the
-same impls as above for each.
+``ctx.quick``: 4 rows, a few n <= 1024. ``ctx.sizes``: those n only (``SIZES``; the tour refuses
+others before any work, ``size_problem``), the same impls as above for each.
+
+The dense ``torch-matmul`` matrix is built on the device by doubling, in bf16 on a GPU and float32 on
+CPU (no float64 copy), only after ``harness.require_memory`` found room for it (n^2 elements and the
+doubling's previous step, plus the matmul's operands): where it does not fit (32768^2 float32 is
+4 GiB) the row says "skipped: needs X GiB ..., machine has Y GiB available".
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -35,7 +39,7 @@ import torch
 from benchmarks import harness
 from benchmarks.harness import Case, Context
 from hadamard_kernels import hadamard as H
-from hadamard_kernels.matrices import hadamard_k_matrix, hadamard_matrix, split_size
+from hadamard_kernels.matrices import hadamard_k_matrix, is_power_of_two
 from hadamard_kernels.reference import hadamard_transform_ref, rel_rms, rounding_bound
 
 SUITE = "hadamard"
@@ -49,6 +53,32 @@ try:  # Dao's CUDA kernel, if installed
     import fast_hadamard_transform as _fht  # type: ignore
 except Exception:  # noqa: BLE001 - any import failure means "not available"
     _fht = None
+
+SIZES = (f"n = 2^m from 2 to {H.MAX_POW2}, or n = K * 2^m with K in {{12, 20, 28}} and 2^m <= {H.MAX_P_FOR_K} "
+         "(e.g. 48, 12288, 28672): the sizes the butterfly and matmul kernels run exactly")
+PLOT = harness.Plot("n (transform size, elements per row; log2 axis)")
+SPLIT_K = (12, 20, 28)  # n = 40 * 2^m is 20 * 2^(m+1); the 40N rows are listed in K_SIZES
+
+
+def _split(n: int) -> tuple[int, int] | None:
+    """(K, 2^m) with n = K * 2^m (K = 1 for powers of two), or None."""
+    if is_power_of_two(n):
+        return 1, n
+    return next(((k, n // k) for k in SPLIT_K if n % k == 0 and is_power_of_two(n // k)), None)
+
+
+def size_problem(n: int, ctx: Context) -> str | None:
+    """Why this suite cannot run n (None: it can): the kernels run n = 2^m and K * 2^m only."""
+    kp = _split(n)
+    if kp is None:
+        return f"n={n} is neither a power of two nor K * 2^m with K in {SPLIT_K}"
+    k, p = kp
+    if k == 1 and not 2 <= n <= H.MAX_POW2:
+        return f"n={n} is outside the kernels' powers of two 2..{H.MAX_POW2}"
+    if k > 1 and p > H.MAX_P_FOR_K:
+        return f"n={n} = {k} * {p}, and the kernels take K * 2^m with 2^m <= {H.MAX_P_FOR_K} only"
+    return None
+
 
 _K_PUBLIC = {1: H.hadamard_transform, 12: H.hadamard_transform_12N, 20: H.hadamard_transform_20N,
              28: H.hadamard_transform_28N, 40: H.hadamard_transform_40N}
@@ -67,6 +97,8 @@ class _Input:
         key = (self.rows, self.n, self.seed)
         if key not in _Input.current:
             _Input.current.clear()
+            if self.n not in _DENSE:
+                _DENSE.clear()  # the previous size's dense matrix
             if self.device == "cuda":
                 torch.cuda.empty_cache()
             g = torch.Generator(device=self.device).manual_seed(self.seed)
@@ -74,20 +106,37 @@ class _Input:
         return _Input.current[key]
 
 
-@functools.lru_cache(maxsize=1)
-def _dense(n: int, device: str) -> torch.Tensor:
-    """The Sylvester matrix H_n in bf16 (exact), built on the device by doubling: no float64 host
-    copy (8 GiB at n = 32768)."""
-    if device != "cuda":
-        return hadamard_matrix(n, torch.bfloat16, device)
-    h = torch.ones(1, 1, dtype=torch.bfloat16, device=device)
-    h2 = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.bfloat16, device=device)
-    while h.shape[0] < n:
-        h = torch.kron(h2, h)  # [[H, H], [H, -H]]: scipy.linalg.hadamard order
-    return h
+_DENSE: dict = {}  # at most one dense matrix, that of the size being run
 
 
-def _impls(k: int, n: int, device: str, x: Callable[[], torch.Tensor]) -> list[tuple[str, Callable, str, bool]]:
+def dense_bytes(n: int, rows: int, device: str) -> int:
+    """Peak bytes of the ``torch-matmul`` baseline at n: the n x n matrix and the previous doubling
+    step (1.25 n^2 elements), plus the matmul's input copy and output (float32 on CPU)."""
+    item = 2 if device == "cuda" else 4
+    return int(1.25 * n * n * item) + rows * n * (2 * item + 2)
+
+
+def _dense(n: int, rows: int, device: str) -> torch.Tensor:
+    """The Sylvester matrix H_n (exact) in bf16 on a GPU, float32 on CPU, built on the device by
+    doubling (no float64 host copy: 8 GiB at n = 32768), after ``harness.require_memory`` found room
+    (else ``harness.Skipped``). The previous size's matrix is freed first."""
+    if n not in _DENSE:
+        _DENSE.clear()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        harness.require_memory(dense_bytes(n, rows, device), device,
+                               f"dense {n} x {n} {str(dtype).replace('torch.', '')} Hadamard matrix and the matmul")
+        h = torch.ones(1, 1, dtype=dtype, device=device)
+        h2 = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=dtype, device=device)
+        while h.shape[0] < n:
+            h = torch.kron(h2, h)  # [[H, H], [H, -H]]: scipy.linalg.hadamard order
+        _DENSE[n] = h
+    return _DENSE[n]
+
+
+def _impls(k: int, n: int, rows: int, device: str,
+           x: Callable[[], torch.Tensor]) -> list[tuple[str, Callable, str, bool]]:
     """(impl, fn, note, checkable) for one size."""
     hk = None if k == 1 else hadamard_k_matrix(k, torch.float32, device)
     out = [
@@ -96,7 +145,7 @@ def _impls(k: int, n: int, device: str, x: Callable[[], torch.Tensor]) -> list[t
         ("auto", lambda: _K_PUBLIC[k](x(), 1.0), f"dispatch: {H._pick(n, k, torch.bfloat16)}", True),
     ]
     if k == 1 and n in TORCH_MATMUL_N:
-        out.append(("torch-matmul", lambda: x() @ _dense(n, device), "dense bf16 x @ H", True))
+        out.append(("torch-matmul", lambda: x() @ _dense(n, rows, device), "dense bf16 x @ H", True))
     if _fht is not None and device == "cuda" and k == 1:
         out.append(("fast_hadamard_transform", lambda: _fht.hadamard_transform(x(), 1.0), "", True))
     return out
@@ -121,12 +170,12 @@ def _size_cases(ctx: Context, k: int, p: int, rows: Optional[int] = None) -> Ite
     shape = f"{rows}x{n}"
     nbytes = 2 * rows * n * 2
     op = "hadamard" if k == 1 else f"hadamard_{k}N"
-    impls = _impls(k, n, ctx.device, inp.get)
+    impls = _impls(k, n, rows, ctx.device, inp.get)
     has_baseline = any(impl == "torch-matmul" for impl, *_ in impls)
     for impl, fn, note, checkable in impls:
         if not ctx.on_gpu and impl == "torch-matmul":
             note = note + " (CPU: fp32 matmul)"
-            fn = (lambda: (inp.get().float() @ _dense(n, ctx.device).float()).to(torch.bfloat16))
+            fn = (lambda: (inp.get().float() @ _dense(n, rows, ctx.device)).to(torch.bfloat16))
         if ctx.on_gpu and n >= 16384 and impl == "torch-matmul":
             note = note + " (compute-bound)"
         yield Case(SUITE, op, impl, shape, "bf16", fn, nbytes=nbytes,
@@ -168,10 +217,10 @@ def _latency_cases(ctx: Context) -> Iterable[Case]:
 
 def cases(ctx: Context) -> Iterable[Case]:
     if ctx.sizes:
-        sizes = []
-        for n in ctx.sizes:
-            k, p = split_size(int(n))
-            sizes.append((k, p))
+        bad = [f"{n}: {size_problem(n, ctx)}" for n in ctx.sizes if size_problem(n, ctx)]
+        if bad:  # the tour refuses these before any work; a direct caller gets the same reasons
+            raise ValueError(f"{SUITE}: sizes it cannot run: {'; '.join(bad)}")
+        sizes = [_split(n) for n in ctx.sizes]
     elif ctx.quick:
         sizes = [(1, 16), (1, 256), (1, 1024), (12, 16), (28, 32)]
     else:

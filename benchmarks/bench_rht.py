@@ -20,15 +20,23 @@ plus ``auto`` at 2048x4096 (launch/latency bound) and 16384x16384, and ``auto`` 
 axis=1 (d=16) and d=128 (axis 0). rht: bf16 (16384, 8192) = 256 MiB, bytes = 2 + 2 per element,
 d 16 and 128, axis -1 and 0; inverse_rht d=128 axis -1; one ``torch-ref`` (bf16 matmul) at d=128
 axis -1. ``ctx.quick``: tiny shapes (interpreter smoke).
+
+``ctx.sizes`` (``SIZES``; the tour refuses others before any work, ``size_problem``): rht_amax on
+N x N squares, every variant, for each N; the axis=1 and d=128 rht_amax rows and the rht /
+inverse_rht rows on the middle N. A square whose input and reference would not fit the memory
+available gets rows "skipped: needs X GiB ...". Plots: GB/s as % of clone against the input's
+element count (M x N), one line per op / impl / (d, axis).
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 from typing import Iterable
 
 import torch
 
+from benchmarks import harness
 from benchmarks.harness import Case, Context, bench_ms
 from hadamard_kernels import DEFAULT_SIGN_VECTOR, SignVector, get_rht_matrix, inverse_rht, random_sign_vector, rht
 from hadamard_kernels.reference import rel_rms, rht_amax_contract, rht_ref, rounding_bound
@@ -37,6 +45,28 @@ from hadamard_kernels.reference import rel_rms, rht_amax_contract, rht_ref, roun
 _ra = importlib.import_module("hadamard_kernels.rht_amax")
 
 SUITE = "rht"
+SIZE_STEP = 128  # N of the N x N squares: a multiple of the largest d (128) so every block is whole
+CPU_MAX_N = 1024  # the interpreter takes minutes per variant above this
+SIZES = (f"N of N x N squares (bf16), N a multiple of {SIZE_STEP} (whole d = 128 blocks along both axes); "
+         f"N <= {CPU_MAX_N} on the CPU interpreter")
+PLOT = harness.Plot("input elements M x N (log2 axis; d = RHT block size, ax = axis)",
+                    series=lambda r: f"{r['op']} / {r['impl']} / {_block_axis(str(r['shape']))}")
+BYTES_PER_ELEMENT = 4 + 2 + 3 * 2  # float32 randn, its bf16 copy, the torch reference's three bf16 temporaries
+
+
+def _block_axis(shape: str) -> str:
+    """"d=16 ax=0" of a row's shape ("64x128 d=16 ax=0", "(256, 128) d=128 ax=-1")."""
+    m = re.search(r"d=\S+ ax=\S+", shape)
+    return m.group(0) if m else shape
+
+
+def size_problem(n: int, ctx: Context) -> str | None:
+    """Why this suite cannot run N x N squares (None: it can)."""
+    if n % SIZE_STEP:
+        return f"N={n} is not a multiple of {SIZE_STEP} (rht_amax blocks of d = 128 rows or columns)"
+    if not ctx.on_gpu and n > CPU_MAX_N:
+        return f"N={n} is above {CPU_MAX_N}: the CPU interpreter would take hours on a {n} x {n} square"
+    return None
 
 
 def _bits(t: torch.Tensor) -> int:
@@ -134,19 +164,50 @@ def cases(ctx: Context) -> Iterable[Case]:
         rht_shape = (16384, 8192)  # 256 MiB of bf16
     plan = [(small, ["auto"]), (mid, variants), (big, ["auto"])]
     if ctx.sizes:  # --sizes N ...: square N x N shapes, every variant
+        bad = [f"{n}: {size_problem(n, ctx)}" for n in ctx.sizes if size_problem(n, ctx)]
+        if bad:  # the tour refuses these before any work; a direct caller gets the same reasons
+            raise ValueError(f"{SUITE}: sizes it cannot run: {'; '.join(bad)}")
         plan = [((n, n), variants) for n in ctx.sizes]
-        mid = plan[len(plan) // 2][0]
+        mid = rht_shape = plan[len(plan) // 2][0]
     for (M, N), impls in plan:
+        why = _no_room(M, N, dev)
+        if why:
+            yield from (harness.skip_case(SUITE, "rht_amax", impl, f"{M}x{N} d=16 ax=0", "bf16", why, size=M * N)
+                        for impl in impls)
+            continue
         x = torch.randn(M, N, generator=g, device=dev).to(torch.bfloat16)
         yield from _amax_cases(ctx, x, DEFAULT_SIGN_VECTOR, 16, 0, impls)
         del x
-    x = torch.randn(*mid, generator=g, device=dev).to(torch.bfloat16)
-    yield from _amax_cases(ctx, x, DEFAULT_SIGN_VECTOR, 16, 1, ["auto"])
     s128 = SignVector(random_sign_vector(128, seed=128))
-    yield from _amax_cases(ctx, x, s128, 128, 0, ["auto"])
-    del x
+    why = _no_room(*mid, dev)
+    if why:
+        for d, axis in ((16, 1), (128, 0)):
+            yield harness.skip_case(SUITE, "rht_amax", "auto", f"{mid[0]}x{mid[1]} d={d} ax={axis}", "bf16", why,
+                                    size=mid[0] * mid[1])
+    else:
+        x = torch.randn(*mid, generator=g, device=dev).to(torch.bfloat16)
+        yield from _amax_cases(ctx, x, DEFAULT_SIGN_VECTOR, 16, 1, ["auto"])
+        yield from _amax_cases(ctx, x, s128, 128, 0, ["auto"])
+        del x
+    why = _no_room(*rht_shape, dev)
+    if why:
+        for op, impl, d, axis in (("rht", "triton", 16, -1), ("rht", "triton", 16, 0), ("rht", "torch-ref", 128, -1),
+                                  ("rht", "triton", 128, -1), ("inverse_rht", "triton", 128, -1),
+                                  ("rht", "triton", 128, 0)):
+            yield harness.skip_case(SUITE, op, impl, f"{tuple(rht_shape)} d={d} ax={axis}", "bf16", why,
+                                    size=rht_shape[0] * rht_shape[1])
+        return
     xr = torch.randn(rht_shape, generator=g, device=dev).to(torch.bfloat16)
     yield from _rht_cases(ctx, xr, 16, -1)
     yield from _rht_cases(ctx, xr, 16, 0)
     yield from _rht_cases(ctx, xr, 128, -1, ops=("rht", "inverse_rht"), with_ref=True)
     yield from _rht_cases(ctx, xr, 128, 0)
+
+
+def _no_room(m: int, n: int, device: str) -> str | None:
+    """Why an m x n input and its reference do not fit the memory available (None: they do)."""
+    try:
+        harness.require_memory(BYTES_PER_ELEMENT * m * n, device, f"{m} x {n} bf16 input and its torch reference")
+    except harness.Skipped as e:
+        return str(e)
+    return None

@@ -5,7 +5,12 @@ A benchmark module (``benchmarks/bench_*.py``) defines ``cases(ctx) -> Iterable[
 it against its reference, and writes rows with GPU name, versions, git commit and time.
 
 On a CPU machine everything runs under Triton's interpreter on tiny shapes: a correctness smoke whose
-timings mean nothing, and the runner says so.
+timings mean nothing, and the runner says so (and draws no plots).
+
+A case that cannot run on this machine raises ``Skipped`` (from its ``fn`` or ``check``): the runner
+prints and records a row that says why (field ``skipped``), not a failure. ``require_memory`` raises it
+before a large allocation (e.g. a dense baseline matrix) that would not fit ``MEMORY_SHARE`` of the
+memory available now (``available_memory``).
 """
 
 from __future__ import annotations
@@ -95,6 +100,55 @@ class Target:
             limit = ref + self.bound
             return f"<= {ref:.2f}x + {self.bound:g}x = {limit:.2f}x", None if ratio is None else ratio <= limit
         return f"<= {self.bound:g}x", None if ratio is None else ratio <= self.bound
+
+
+class Skipped(Exception):
+    """Raised by a case's ``fn`` or ``check`` when the case cannot run on this machine; the message
+    (e.g. ``"needs 5.0 GiB ..., machine has 2.0 GiB ..."``) becomes the row's ``skipped`` field."""
+
+
+def skip_case(suite: str, op: str, impl: str, shape: str, dtype: str, reason: str,
+              size: Optional[int] = None) -> "Case":
+    """A row that says "skipped: <reason>" instead of a measurement (known before anything runs)."""
+    def fn():
+        raise Skipped(reason)
+    return Case(suite, op, impl, shape, dtype, fn, size=size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory: skip what cannot fit, before allocating it
+# ---------------------------------------------------------------------------------------------
+
+MEMORY_SHARE = 0.5  # a case may allocate at most this share of the memory available when it starts
+MEMINFO = Path("/proc/meminfo")
+GIB = float(1 << 30)
+
+
+def available_memory(device: str) -> int:
+    """Bytes a new allocation on ``device`` can use now. GPU: free device memory plus what torch's
+    caching allocator holds unused. CPU: ``MemAvailable`` of /proc/meminfo where present, else free
+    physical pages (``os.sysconf``): what the system can hand out without swapping."""
+    if str(device).startswith("cuda"):
+        free, _total = torch.cuda.mem_get_info()
+        return int(free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated())
+    try:
+        for line in MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                value, unit = line.split()[1:3]
+                return int(value) * (1024 if unit == "kB" else 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def require_memory(nbytes: int, device: str, what: str) -> None:
+    """Raise ``Skipped`` when ``what`` (``nbytes``, an estimate of its peak) exceeds ``MEMORY_SHARE``
+    of ``available_memory(device)``; call it before allocating."""
+    avail = available_memory(device)
+    if nbytes > MEMORY_SHARE * avail:
+        where = "GPU" if str(device).startswith("cuda") else "machine"
+        raise Skipped(f"needs {nbytes / GIB:.3g} GiB ({what}), {where} has {avail / GIB:.3g} GiB available "
+                      f"(a case may use {MEMORY_SHARE:.0%})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,9 +339,10 @@ def merge_processes(runs: list[list[dict]]) -> tuple[list[dict], list[dict]]:
     process keeps the first process's row. Spread row per key: ``key``, suite/op/impl/shape/dtype,
     ``processes``, ``ok`` (processes where it succeeded), ``median_ms`` (``statistics.median``),
     ``min_ms``, ``max_ms``, ``spread_pct`` = (max - min) / median * 100, ``within_10pct`` (True when
-    the row succeeded in every process and each time is within +-10% of the median; None with fewer
-    than two successes), ``median_ratio`` / ``ratio_spread_pct`` where rows carry a ``ratio``,
-    ``status`` ("ok", or which processes failed and why / failed their check), and the picked row's
+    the row succeeded in every process that did not skip it and each time is within +-10% of the
+    median; None with fewer than two successes), ``median_ratio`` / ``ratio_spread_pct`` where rows carry a ``ratio``,
+    ``status`` ("ok"; "skipped: <why>" when every process skipped it; else which processes failed and why /
+    failed their check / skipped it: ``spread_ok`` tells failures from skips), and the picked row's
     gpu/torch/triton/commit/time."""
     n = len(runs)
     order: list[str] = []
@@ -307,10 +362,12 @@ def merge_processes(runs: list[list[dict]]) -> tuple[list[dict], list[dict]]:
     for key in order:
         rs = slots[key]
         ok = [(i, r) for i, r in enumerate(rs) if r is not None and not r.get("error") and r.get("ms") is not None]
-        problems = []
+        problems, skips = [], []
         for i, r in enumerate(rs):
             if r is None:
                 problems.append(f"missing in process {i + 1}")
+            elif r.get("skipped"):
+                skips.append(f"skipped in process {i + 1}: {str(r['skipped'])[:120]}")
             elif r.get("error"):
                 problems.append(f"failed in process {i + 1}: {str(r['error'])[:120]}")
             elif r.get("ms") is None:
@@ -327,7 +384,8 @@ def merge_processes(runs: list[list[dict]]) -> tuple[list[dict], list[dict]]:
             spread_pct = 100.0 * (max(ms) - min(ms)) / med if med > 0 else None
             within = None
             if len(ok) >= 2:
-                within = len(ok) == n and all(abs(t - med) <= WITHIN_PCT / 100.0 * med for t in ms)
+                ran = n - sum(1 for r in rs if r is not None and r.get("skipped"))  # a skip is no run
+                within = len(ok) == ran and all(abs(t - med) <= WITHIN_PCT / 100.0 * med for t in ms)
             srow.update(median_ms=med, min_ms=min(ms), max_ms=max(ms), spread_pct=spread_pct, within_10pct=within)
             ratios = [r["ratio"] for _, r in ok if r.get("ratio") is not None]
             if ratios:
@@ -338,11 +396,19 @@ def merge_processes(runs: list[list[dict]]) -> tuple[list[dict], list[dict]]:
         else:
             srow.update(median_ms=None, min_ms=None, max_ms=None, spread_pct=None, within_10pct=None)
             merged.append({**first, "processes": n, "process": rs.index(first) + 1, "spread_pct": None})
-        srow["status"] = "; ".join(problems) or "ok"
+        if not problems and len(skips) == n:
+            srow["status"] = f"skipped: {rs[0]['skipped']}"
+        else:  # a skip is not a failure: "ok" or "skipped..." (``spread_ok``) unless a process failed
+            srow["status"] = "; ".join(problems + skips) or "ok"
         src = merged[-1]
         srow.update({k: src.get(k) for k in ("gpu", "torch", "triton", "commit", "time")})
         spread.append(srow)
     return merged, spread
+
+
+def spread_ok(srow: dict) -> bool:
+    """A spread row without failures: every process measured it, or skipped it (and said why)."""
+    return srow["status"] == "ok" or all(p.startswith("skipped") for p in srow["status"].split("; "))
 
 
 def write_results(rows: list[dict], tag: str) -> list[Path]:
@@ -360,39 +426,89 @@ def write_results(rows: list[dict], tag: str) -> list[Path]:
     return paths
 
 
-def plot_bandwidth(rows: list[dict], path: Path, title: str) -> Optional[Path]:
-    """GB/s against size, one line per (op, impl, dtype), the clone ceiling as a horizontal line.
-    Returns None (and the tour says so) when matplotlib is not installed."""
-    try:
-        import matplotlib
+@dataclasses.dataclass(frozen=True)
+class Plot:
+    """How a suite's rows are plotted (a suite module's ``PLOT``): the x quantity (the rows' ``size``)
+    named with its unit, and the series a row belongs to (a line per series)."""
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    x_label: str
+    series: Callable[[dict], str] = lambda r: f"{r['op']} / {r['impl']} / {r['dtype']}"
+
+
+DEFAULT_PLOT = Plot("size (per suite; see its module)")
+# y panels: the row field and its axis label. Bandwidth rows as a share of the copy ceiling of the
+# same run; attention rows (FLOPs, no bytes) in TFLOP/s. A suite with both gets two panels.
+PANELS = (("pct_ceiling", "% of torch.clone (GB/s / clone GB/s)"), ("tflops", "TFLOP/s (causal: half the FLOPs)"))
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+          "#17becf")  # matplotlib's tab10
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def series_styles(count: int) -> list[dict]:
+    """A distinct (colour, marker, line style) per series: the ten colours cycle fastest, each block of
+    ten series gets the next marker and line style (distinct up to 80 series)."""
+    return [{"color": COLORS[i % len(COLORS)], "marker": MARKERS[(i // len(COLORS)) % len(MARKERS)],
+             "linestyle": LINESTYLES[(i // len(COLORS)) % len(LINESTYLES)]} for i in range(count)]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_figure(rows: list[dict], title: str, plot: Plot = DEFAULT_PLOT):
+    """The matplotlib figure of ``plot_suite`` (None when no row has a plottable value): one panel per
+    field of ``PANELS`` that some row carries, x on a log2 axis labelled ``plot.x_label``, the legend
+    to the right of the data."""
+    plt = _pyplot()
+    panels = []
+    for field, ylabel in PANELS:
+        series: dict[str, list[tuple[float, float]]] = {}
+        for r in rows:
+            if r.get(field) is not None and r.get("size") is not None and not r.get("error"):
+                series.setdefault(plot.series(r), []).append((r["size"], r[field]))
+        if series:
+            panels.append((field, ylabel, series))
+    if not panels:
+        return None
+    ceiling = next((r["ceiling_gbps"] for r in rows if r.get("ceiling_gbps")), None)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(12, 4.8 * len(panels)), squeeze=False)
+    for ax, (field, ylabel, series) in zip(axes[:, 0], panels):
+        for (label, pts), style in zip(sorted(series.items()), series_styles(len(series))):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, markersize=5, **style)
+        if field == "pct_ceiling":
+            ax.axhline(100.0, color="k", linewidth=1, linestyle="--",
+                       label="torch.clone = 100%" + (f" ({ceiling:.0f} GB/s)" if ceiling else ""))
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(plot.x_label)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=7)
+    axes[0, 0].set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_suite(rows: list[dict], path: Path, title: str, plot: Plot = DEFAULT_PLOT) -> Optional[Path]:
+    """Write ``plot_figure`` of a suite's rows to ``path``. Returns None, drawing nothing, when the rows
+    ran under the CPU interpreter (their timings mean nothing), when no row has a plottable value, or
+    when matplotlib is not installed (the tour says which)."""
+    if any(r.get("interpreter") for r in rows):
+        return None
+    try:
+        plt = _pyplot()
     except ImportError:
         return None
-    series: dict[str, list[tuple[float, float]]] = {}
-    ceiling = None
-    for r in rows:
-        if r.get("gbps") is None or r.get("size") is None:
-            continue
-        ceiling = r.get("ceiling_gbps", ceiling)
-        series.setdefault(f"{r['op']} / {r['impl']} / {r['dtype']}", []).append((r["size"], r["gbps"]))
-    if not series:
+    fig = plot_figure(rows, title, plot)
+    if fig is None:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(9, 5))
-    for label, pts in sorted(series.items()):
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-    if ceiling:
-        ax.axhline(ceiling, color="k", linestyle="--", label=f"torch.clone {ceiling:.0f} GB/s")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("size")
-    ax.set_ylabel("GB/s")
-    ax.set_title(title)
-    ax.legend(fontsize=7)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

@@ -2,8 +2,9 @@
 
 A results file (``<tag>.json``) gives one table per suite; rows of the ``host`` suite (they carry a
 ``ratio`` to ``torch.add``) get the host table instead. A spread file (``<tag>_spread.json``, written
-by ``python -m benchmarks --processes N``) gives the spread table. The tour prints the host and spread
-tables as aligned text with the same columns (``aligned``).
+by ``python -m benchmarks --processes N``) gives the spread table. The tour prints its tables as
+aligned text (``aligned``: column widths from the content): the results table with ``tour_columns``,
+the host and spread tables with the same columns as here.
 """
 
 from __future__ import annotations
@@ -38,6 +39,56 @@ HOST_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
     ("met", lambda r: "" if "target_met" not in r else _yes_no(r["target_met"])),
 ]
 
+def _dash(v, spec):
+    return "-" if v is None or v != v else format(v, spec)  # v != v: NaN
+
+
+def check_text(r: dict) -> str:
+    """The check cell of a result row: ERROR, skipped (and why), ok/FAIL with the metric, or "-"."""
+    if r.get("error"):
+        return "ERROR " + str(r["error"])[:200]
+    if r.get("skipped"):
+        return "skipped: " + str(r["skipped"])
+    if "check_ok" not in r:
+        return "-"
+    return f"{'ok' if r['check_ok'] else 'FAIL'} {r['check_metric']}={r['check_value']:.3g}"
+
+
+TOUR_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
+    ("suite", lambda r: str(r.get("suite"))),
+    ("op", lambda r: str(r.get("op"))),
+    ("impl", lambda r: str(r.get("impl"))),
+    ("shape", lambda r: str(r.get("shape"))),
+    ("dtype", lambda r: str(r.get("dtype"))),
+    ("us", lambda r: _dash(None if r.get("ms") is None else r["ms"] * 1e3, ".1f")),
+    ("GB/s", lambda r: _dash(r.get("gbps"), ".1f")),
+    ("%clone", lambda r: _dash(r.get("pct_ceiling"), ".1f")),
+    ("TFLOP/s", lambda r: _dash(r.get("tflops"), ".1f")),
+    ("speedup", lambda r: _dash(r.get("speedup"), ".3f")),
+    ("check", check_text),
+]
+# the host suite's extra columns, shown where some row of the table has them
+TOUR_EXTRA_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
+    ("x torch.add", lambda r: _dash(r.get("ratio"), ".2f")),
+    ("target", lambda r: str(r.get("target") or "-")),
+    ("met", lambda r: "-" if "target_met" not in r else _yes_no(r["target_met"])),
+]
+
+
+TOUR_NUMERIC = ("us", "GB/s", "%clone", "TFLOP/s", "speedup", "x torch.add")
+
+
+def tour_columns(rows: list[dict]) -> list[tuple[str, Callable[[dict], str]]]:
+    """The tour's results columns for ``rows``: ``TOUR_COLUMNS``, the host columns where a row has a
+    ratio or a target, and ``note`` last where a row has one."""
+    cols = list(TOUR_COLUMNS)
+    if any("ratio" in r or "target" in r for r in rows):
+        cols += TOUR_EXTRA_COLUMNS
+    if any(r.get("note") for r in rows):
+        cols.append(("note", lambda r: str(r.get("note") or "")))
+    return cols
+
+
 SPREAD_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
     ("key", lambda r: str(r.get("key"))),
     ("ok/N", lambda r: f"{r.get('ok')}/{r.get('processes')}"),
@@ -50,8 +101,9 @@ SPREAD_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
 ]
 
 
-def aligned(rows: list[dict], columns) -> str:
-    """Rows as an aligned plain-text table (numbers right-aligned)."""
+def aligned(rows: list[dict], columns, right: tuple[str, ...] = ()) -> str:
+    """Rows as an aligned plain-text table, column widths from the content: numbers right-aligned, and
+    the columns named in ``right`` (numeric columns that may hold only "-")."""
     cells = [[cell(r) for _, cell in columns] for r in rows]
     widths = [max([len(h)] + [len(c[j]) for c in cells]) for j, (h, _) in enumerate(columns)]
 
@@ -59,10 +111,10 @@ def aligned(rows: list[dict], columns) -> str:
         vals = [c[j] for c in cells if c[j] not in ("", "-")]
         return bool(vals) and all(v.replace(".", "", 1).replace("-", "", 1).isdigit() for v in vals)
 
-    right = [numeric(j) for j in range(len(columns))]
-    fmt = lambda vals: "  ".join(v.rjust(w) if rj else v.ljust(w) for v, w, rj in zip(vals, widths, right))  # noqa: E731
-    lines = [fmt([h for h, _ in columns]), "  ".join("-" * w for w in widths)]
-    return "\n".join([*lines, *(fmt(c).rstrip() for c in cells)])
+    rjust = [numeric(j) or columns[j][0] in right for j in range(len(columns))]
+    fmt = lambda vals: "  ".join(v.rjust(w) if rj else v.ljust(w) for v, w, rj in zip(vals, widths, rjust))  # noqa: E731
+    lines = [fmt([h for h, _ in columns]), "  ".join("-" * w for w in widths), *(fmt(c) for c in cells)]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def markdown(rows: list[dict], columns) -> str:
@@ -105,9 +157,8 @@ def tables(rows: list[dict]) -> str:
         out += [f"### {suite}", "", "| op | impl | shape | dtype | us | GB/s | % clone | TFLOP/s | speedup | check |",
                 "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
         for r in rs:
-            check = "" if "check_ok" not in r else f"{'ok' if r['check_ok'] else 'FAIL'} {r['check_metric']}={r['check_value']:.3g}"
-            if r.get("error"):
-                check = "ERROR " + r["error"][:80]
+            check = "ERROR " + str(r["error"])[:80] if r.get("error") else check_text(r)
+            check = "" if check == "-" else check
             us = None if r.get("ms") is None else r["ms"] * 1e3
             out.append(f"| {r['op']} | {r['impl']} | {r['shape']} | {r['dtype']} | {_f(us, '.1f')} | "
                        f"{_f(r.get('gbps'), '.0f')} | {_f(r.get('pct_ceiling'), '.1f')} | {_f(r.get('tflops'), '.0f')} | "

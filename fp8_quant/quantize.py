@@ -9,6 +9,11 @@ Semantics (see the package docstring for the public API):
 - Non-finite policy: a NaN anywhere in a (batch, group) makes amax NaN: descale NaN and the whole
   group's payload NaN. An Inf (and no NaN) makes amax inf: descale inf, scale NaN, payload NaN. We never
   clamp a non-finite amax to a finite scale, so the caller (and FA3, whose output will be NaN) sees it.
+- Smoothing (``smooth_k`` / ``smooth_v``): K and/or V are quantized as y - c, c the per-(batch, KV head,
+  channel) fp32 mean over S of the values above (after RoPE/Hadamard), with amax = max |fl(y - c)|
+  (the non-finite policy unchanged). For attention this is exact: K's c shifts every score of a query
+  row by the same q.c (softmax unchanged, so c is dropped); V's mean m is returned (``v_mean``) and the
+  consumer adds it to the output, since attention rows sum to one: softmax(.)(V - m) + m = softmax(.)V.
 
 Call path: the public functions validate once and resolve the options into a ``QuantSpec``, then call
 the launcher (``fp8_quant.kernels.quantize_launch``, the two-pass kernels) directly in eager mode, and
@@ -54,12 +59,25 @@ class HadamardMode(str, enum.Enum):
 
 
 class QuantizedQKV(NamedTuple):
+    """What ``quantize_qkv`` returns: e4m3 payloads ``q``, ``k``, ``v`` (the call's layout), float32
+    descales ``q_descale``, ``k_descale``, ``v_descale`` of shape (B, H_kv): x ~ payload * descale, and
+    ``v_mean``: with ``smooth_v``, the float32 (B, H_kv, D) mean subtracted from V (in the rotated
+    space if V was rotated: v ~ payload * descale + v_mean), else None. Seven fields: unpack the first
+    six with ``[:6]`` (or read them by name).
+
+    >>> q = k = v = torch.randn(1, 2, 16, 64, dtype=torch.bfloat16)
+    >>> q8, k8, v8, q_descale, k_descale, v_descale = quantize_qkv(q, k, v)[:6]
+    >>> q8.dtype, tuple(q_descale.shape), quantize_qkv(q, k, v).v_mean
+    (torch.float8_e4m3fn, (1, 2), None)
+    """
+
     q: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
     q_descale: torch.Tensor
     k_descale: torch.Tensor
     v_descale: torch.Tensor
+    v_mean: Optional[torch.Tensor] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +86,8 @@ class QuantSpec:
 
     layout: "BHSD" or "BSHD" (inputs and payloads); rope: cos/sin given (Q and K); interleaved: RoPE
     pairs (2i, 2i+1) instead of NeoX halves; compact_cs: cos/sin have D/2 columns; had_qk / had_v: the
-    Hadamard transform on Q and K / on V; signs: its sign vector (None: ones)."""
+    Hadamard transform on Q and K / on V; signs: its sign vector (None: ones); smooth_k / smooth_v:
+    subtract the per-channel mean of K / V before quantizing (``quantize_qkv`` only)."""
 
     layout: str = "BHSD"
     rope: bool = False
@@ -77,6 +96,8 @@ class QuantSpec:
     had_qk: bool = False
     had_v: bool = False
     signs: Optional[SignVector] = None
+    smooth_k: bool = False
+    smooth_v: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,7 +153,14 @@ def _signs(sign_vector, d: int) -> Optional[SignVector]:
     return as_sign_vector(sign_vector, d, "sign_vector")
 
 
-def _spec(layout: str, d: int, cos, rope_interleaved: bool, had_qk: bool, had_v: bool, sign_vector) -> QuantSpec:
+def _check_smooth(smooth_k, smooth_v) -> None:
+    for name, flag in (("smooth_k", smooth_k), ("smooth_v", smooth_v)):
+        if type(flag) is not bool:
+            raise TypeError(f"{name} must be a bool, got {flag!r}")
+
+
+def _spec(layout: str, d: int, cos, rope_interleaved: bool, had_qk: bool, had_v: bool, sign_vector,
+          smooth_k: bool = False, smooth_v: bool = False) -> QuantSpec:
     """The spec of validated arguments (also checks the Hadamard head dim and the sign vector)."""
     if (had_qk or had_v) and (d > MAX_HADAMARD_DIM or d & (d - 1)):
         raise ValueError(f"the Hadamard transform needs a head dim that is a power of two <= "
@@ -141,7 +169,7 @@ def _spec(layout: str, d: int, cos, rope_interleaved: bool, had_qk: bool, had_v:
     rope = cos is not None
     return QuantSpec(layout=layout, rope=rope, interleaved=bool(rope_interleaved) and rope,
                      compact_cs=rope and cos.shape[1] != d, had_qk=bool(had_qk), had_v=bool(had_v),
-                     signs=signs)
+                     signs=signs, smooth_k=smooth_k, smooth_v=smooth_v)
 
 
 def _validate_qkv(q, k, v, layout, cos, sin) -> int:
@@ -164,6 +192,13 @@ def _validate_qkv(q, k, v, layout, cos, sin) -> int:
     if hk == 0 and hq != 0 or (hk and hq % hk):
         raise ValueError(f"H_q={hq} must be a multiple of H_kv={hk} (GQA)")
     _check_rope(cos, sin, dq, max(sq, sk), q.device)
+    # the gradient policy (cheap, every eager call): no backward, so refuse before any launch rather
+    # than return payloads that silently drop the gradient
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                    or (cos is not None and (cos.requires_grad or sin.requires_grad))):
+        name = next(n for n, t in (("q", q), ("k", k), ("v", v), ("cos", cos), ("sin", sin)) if t.requires_grad)
+        raise ValueError(f"quantize_qkv: {name} requires grad, but quantize_qkv has no backward (FP8 quantization "
+                         f"has no backward): call it under torch.no_grad() or .detach() the inputs")
     return hq // hk if hk else 1
 
 
@@ -176,6 +211,10 @@ def _validate_per_head(x, group_size, layout, cos, sin) -> None:
     if group_size < 1 or h % group_size:
         raise ValueError(f"group_size={group_size} must be >= 1 and divide the head count H={h}")
     _check_rope(cos, sin, d, s, x.device)
+    if torch.is_grad_enabled() and (x.requires_grad or (cos is not None and (cos.requires_grad or sin.requires_grad))):
+        name = next(n for n, t in (("x", x), ("cos", cos), ("sin", sin)) if t.requires_grad)
+        raise ValueError(f"quantize_per_head: {name} requires grad, but quantize_per_head has no backward (FP8 "
+                         f"quantization has no backward): call it under torch.no_grad() or .detach() the inputs")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,33 +227,41 @@ def _validate_per_head(x, group_size, layout, cos, sin) -> None:
 # (the limit is 24), and a traced body could not validate a sign tensor (that needs its values).
 
 def _op_spec(x: torch.Tensor, layout: str, cos, rope_interleaved: bool, had_qk: bool, had_v: bool,
-             sign: Optional[torch.Tensor], sign_values: Optional[list[float]]) -> QuantSpec:
+             sign: Optional[torch.Tensor], sign_values: Optional[list[float]], smooth_k: bool = False,
+             smooth_v: bool = False) -> QuantSpec:
     # The public function validated the rest. The sign vector comes as the caller's tensor (validated
     # here once per tensor version, then a cache hit: tracing cannot read a tensor's values) or as the
     # values of a list/tuple/SignVector (baked into the graph; validated here through a cache, no sync).
     sv = sign if sign is not None else (tuple(sign_values) if sign_values is not None else None)
-    return _spec(layout, x.shape[-1], cos, rope_interleaved, had_qk, had_v, sv)
+    return _spec(layout, x.shape[-1], cos, rope_interleaved, had_qk, had_v, sv, smooth_k, smooth_v)
 
 
 @torch.library.custom_op("fp8_quant::quantize_qkv", mutates_args=())
 def _quantize_qkv_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str, cos: Optional[torch.Tensor],
                      sin: Optional[torch.Tensor], rope_interleaved: bool, had_qk: bool, had_v: bool,
-                     sign: Optional[torch.Tensor], sign_values: Optional[list[float]]
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                     sign: Optional[torch.Tensor], sign_values: Optional[list[float]], smooth_k: bool = False,
+                     smooth_v: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                      torch.Tensor, torch.Tensor, torch.Tensor]:
+    # The seventh output: V's mean (B, H_kv, D) with smooth_v, else an empty tensor (ops return tensors).
     h_axis = 1 if layout == "BHSD" else 2
     group = q.shape[h_axis] // k.shape[h_axis] if k.shape[h_axis] else 1
-    outs, ds = quantize_launch([q, k, v], group, cos, sin, _op_spec(q, layout, cos, rope_interleaved, had_qk,
-                                                                    had_v, sign, sign_values))
-    return outs[0], outs[1], outs[2], ds[0].clone(), ds[1].clone(), ds[2].clone()  # ops return no aliases
+    spec = _op_spec(q, layout, cos, rope_interleaved, had_qk, had_v, sign, sign_values, smooth_k, smooth_v)
+    res = quantize_launch([q, k, v], group, cos, sin, spec)
+    outs, ds = res[0], res[1]
+    v_mean = res[2][1].clone() if smooth_v else q.new_empty((0,), dtype=torch.float32)
+    return outs[0], outs[1], outs[2], ds[0].clone(), ds[1].clone(), ds[2].clone(), v_mean  # ops return no aliases
 
 
 @_quantize_qkv_op.register_fake
-def _(q, k, v, layout, cos, sin, rope_interleaved, had_qk, had_v, sign, sign_values):
+def _(q, k, v, layout, cos, sin, rope_interleaved, had_qk, had_v, sign, sign_values, smooth_k=False,
+      smooth_v=False):
     b = q.shape[0]
     hk = k.shape[1] if layout == "BHSD" else k.shape[2]
     f8 = torch.float8_e4m3fn
     ds = [q.new_empty((b, hk), dtype=torch.float32) for _ in range(3)]
-    return (q.new_empty(q.shape, dtype=f8), k.new_empty(k.shape, dtype=f8), v.new_empty(v.shape, dtype=f8), *ds)
+    v_mean = q.new_empty((b, hk, v.shape[-1]) if smooth_v else (0,), dtype=torch.float32)
+    return (q.new_empty(q.shape, dtype=f8), k.new_empty(k.shape, dtype=f8), v.new_empty(v.shape, dtype=f8), *ds,
+            v_mean)
 
 
 @torch.library.custom_op("fp8_quant::quantize_per_head", mutates_args=())
@@ -260,7 +307,7 @@ def _op_sign(sign_vector, d: int) -> tuple[Optional[torch.Tensor], Optional[list
 def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layout: str = "BHSD",
                  cos: Optional[torch.Tensor] = None, sin: Optional[torch.Tensor] = None,
                  rope_interleaved: bool = False, hadamard: HadamardMode | str = HadamardMode.NONE,
-                 sign_vector=None) -> QuantizedQKV:
+                 sign_vector=None, smooth_k: bool = False, smooth_v: bool = False) -> QuantizedQKV:
     """Quantize Q, K, V to e4m3 with one float32 descale per (batch, KV head).
 
     q: (B, H_q, S_q, D), k and v: (B, H_kv, S_kv, D) in ``layout`` ("BHSD" or "BSHD"), bf16/fp16, any
@@ -271,18 +318,50 @@ def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layout: s
     <= 256 then. ``sign_vector`` s: +-1 entries, length D, as a ``SignVector``, tensor, list or tuple
     (default ones; other entries raise ValueError). Payloads keep the layout (contiguous); descales
     (B, H_kv).
+
+    Smoothing (bools, default off; costs no extra pass over memory): ``smooth_k`` quantizes
+    K - c_K and ``smooth_v`` V - m, c_K and m the per-(batch, KV head, channel) float32 means over
+    S_kv of the values quantized (after RoPE/Hadamard); the scale comes from the shifted values, so a
+    per-channel bias no longer eats the e4m3 range. Attention with the smoothed payloads is exact:
+    drop c_K (it shifts a whole score row), add ``v_mean`` (= m, (B, H_kv, D), returned only with
+    ``smooth_v``; rotated like V) to the output of each query head of the KV head's group, before
+    undoing a rotation of V (``attention.fp8_sdpa(..., smooth_k=True, smooth_v=True)`` does).
+    A group whose fp32 sum overflows (values near 1e34 or larger) gets a NaN payload.
+
+    Non-finite inputs (by design, not contained): each scale comes from the NaN-propagating amax of
+    its group's quantized values (all S-chunks of a (batch, KV head) for K and V, of a (batch, GQA
+    group of H_q/H_kv query heads) for Q, after RoPE/Hadamard). One NaN anywhere in a group makes its
+    descale NaN and its *whole* payload NaN; one +-Inf (and no NaN) makes its descale +inf and its
+    whole payload NaN (scale = 448/inf is never turned into 0 or a finite clamp, which would quantize
+    every other value of the group to garbage without a sign). Every other group (other heads, other
+    batches, the other tensors) is bit for bit what it would be without the bad value.
+
+    Not differentiable (the library's gradient policy: differentiable only where the backward is
+    another call of our kernels): with grad mode on and q, k, v, cos or sin requiring grad, ValueError
+    before any launch; call it under ``torch.no_grad()`` or ``.detach()`` the inputs.
+
+    >>> q = torch.randn(1, 4, 32, 64, dtype=torch.bfloat16)
+    >>> k, v = torch.randn(2, 1, 2, 32, 64, dtype=torch.bfloat16)
+    >>> r = quantize_qkv(q, k, v, hadamard="QKV")
+    >>> r.q.dtype, tuple(r.q_descale.shape), tuple(r.v.shape)
+    (torch.float8_e4m3fn, (1, 2), (1, 2, 32, 64))
+    >>> tuple(quantize_qkv(q, k, v, smooth_k=True, smooth_v=True).v_mean.shape)  # (B, H_kv, D)
+    (1, 2, 64)
     """
     mode = _mode(hadamard)
     group = _validate_qkv(q, k, v, layout, cos, sin)
+    if type(smooth_k) is not bool or type(smooth_v) is not bool:
+        _check_smooth(smooth_k, smooth_v)
     had_qk, had_v = mode == HadamardMode.QKV, mode != HadamardMode.NONE
     d = q.shape[-1]
     if torch.compiler.is_compiling():
         sign, values = _op_sign(sign_vector, d) if had_v else (None, None)
-        return QuantizedQKV(*_quantize_qkv_op(q, k, v, layout, cos, sin, bool(rope_interleaved) and cos is not None,
-                                              had_qk, had_v, sign, values))
-    spec = _spec(layout, d, cos, rope_interleaved, had_qk, had_v, sign_vector)
-    outs, ds = quantize_launch([q, k, v], group, cos, sin, spec)
-    return QuantizedQKV(*outs, *ds)
+        res = _quantize_qkv_op(q, k, v, layout, cos, sin, bool(rope_interleaved) and cos is not None, had_qk, had_v,
+                               sign, values, smooth_k, smooth_v)
+        return QuantizedQKV(*res[:6], res[6] if smooth_v else None)
+    spec = _spec(layout, d, cos, rope_interleaved, had_qk, had_v, sign_vector, smooth_k, smooth_v)
+    res = quantize_launch([q, k, v], group, cos, sin, spec)
+    return QuantizedQKV(*res[0], *res[1], res[2][1] if smooth_v else None)
 
 
 def quantize_per_head(x: torch.Tensor, group_size: int = 1, *, layout: str = "BHSD",
@@ -292,7 +371,15 @@ def quantize_per_head(x: torch.Tensor, group_size: int = 1, *, layout: str = "BH
     """Quantize one (B, H, S, D) / (B, S, H, D) tensor with one scale per (batch, group of
     ``group_size`` consecutive heads). Returns (payload e4m3 in ``layout``, descale (B, H/group_size) fp32).
     ``hadamard``: True (or HadamardMode.QKV / V_ONLY) rotates by diag(s) H_D / sqrt(D), s = ``sign_vector``
-    (as for ``quantize_qkv``)."""
+    (as for ``quantize_qkv``). Non-finite values and gradients as for ``quantize_qkv``: a NaN/Inf
+    poisons its group (descale NaN / +inf, whole payload NaN), other groups are untouched; inputs
+    requiring grad (grad mode on) raise ValueError before any launch.
+
+    >>> x = torch.randn(2, 4, 16, 64, dtype=torch.bfloat16)
+    >>> payload, descale = quantize_per_head(x, group_size=2)
+    >>> payload.dtype, tuple(descale.shape)
+    (torch.float8_e4m3fn, (2, 2))
+    """
     if isinstance(hadamard, (HadamardMode, str)):
         hadamard = _mode(hadamard) != HadamardMode.NONE
     hadamard = bool(hadamard)
@@ -311,7 +398,14 @@ def quantize_per_head(x: torch.Tensor, group_size: int = 1, *, layout: str = "BH
 def dequantize_per_head(x_fp8: torch.Tensor, descale: torch.Tensor, *, layout: str = "BHSD", group_size: int = 1,
                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """x_fp8 * descale (one per (batch, head group)), in ``dtype`` (default float32). The inverse
-    Hadamard, if one was applied, is the caller's: multiply by (diag(s) H_D / sqrt(D))^T."""
+    Hadamard, if one was applied, is the caller's: multiply by (diag(s) H_D / sqrt(D))^T.
+
+    >>> x = torch.randn(1, 2, 16, 64, dtype=torch.bfloat16)
+    >>> payload, descale = quantize_per_head(x)
+    >>> back = dequantize_per_head(payload, descale)  # float32
+    >>> float((back - x.float()).norm() / x.float().norm()) < 0.05  # e4m3: 3 mantissa bits
+    True
+    """
     if not isinstance(x_fp8, torch.Tensor) or not isinstance(descale, torch.Tensor):
         raise TypeError("x_fp8 and descale must be torch.Tensors")
     if x_fp8.dtype != torch.float8_e4m3fn:

@@ -14,6 +14,12 @@ order*, so that FP8 payloads and descales can be compared bit for bit:
   amax < 1e-12 -> scale 1, descale 1; amax = +inf -> scale NaN (the group's payload is NaN) and
   descale inf; amax NaN -> scale and descale NaN. Values are clamped to +-448 (NaN kept) and cast
   with torch, which rounds to nearest even.
+- Smoothing: given the per-(batch, head, channel) fp32 mean c, the quantized values are fl(y - c) and
+  amax = max |fl(y - c)| (the plain amax max |y| where that is NaN/Inf). The kernels' c is an fp32
+  sum in their own (fixed, config-dependent) order divided by S, so the tests pass the kernels' c in
+  (``smoothed_values_reference``) and check c against the float64 mean (``mean_f64``) with a bound
+  of the fp32 summation error; ``shifted_amax_reference`` is the kernels' amax formula,
+  max over channels of max(fl(max y - c), fl(c - min y)), which equals max |fl(y - c)|.
 """
 
 from __future__ import annotations
@@ -130,6 +136,38 @@ def quantize_values_reference(xt: torch.Tensor, group_size: int) -> tuple[torch.
     return payload, descale, scaled
 
 
+def mean_f64(xt: torch.Tensor) -> torch.Tensor:
+    """The float64 mean over S of (B, H, S, D) values: (B, H, D); 0 where S = 0."""
+    x = xt.double()
+    return x.mean(dim=2) if x.shape[2] else x.new_zeros(x.shape[:2] + x.shape[3:])
+
+
+def shifted_amax_reference(xt: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """The kernels' formula for max |fl(y - c)| per (batch, head): max over channels of
+    max(fl(max_s y - c), fl(c - min_s y)) in fp32. (B, H, S, D) fp32 values, (B, H, D) fp32 means."""
+    c = mean.float()
+    hi = xt.amax(dim=2) - c
+    lo = c - xt.amin(dim=2)
+    return torch.maximum(hi, lo).amax(dim=-1)
+
+
+def smoothed_values_reference(xt: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Quantize fp32 (B, H, S, D) values per (batch, head) after subtracting ``mean`` ((B, H, D), cast
+    to fp32): z = fl(y - c), amax = max |z|, or the plain max |y| where that is non-finite (a NaN or
+    Inf in the head: the non-finite policy). Returns (payload, descale, scaled) as
+    ``quantize_values_reference``."""
+    b, h, s, d = xt.shape
+    z = xt - mean.float()[:, :, None, :]
+    if b * h == 0 or s * d == 0:
+        amax = torch.zeros(b, h, dtype=torch.float32, device=xt.device)
+    else:
+        plain = xt.abs().reshape(b, h, s * d).amax(-1)  # amax propagates NaN
+        amax = torch.where(torch.isfinite(plain), z.abs().reshape(b, h, s * d).amax(-1), plain)
+    scale, descale = scales_from_amax(amax)
+    scaled = (z.double() * scale.double()[:, :, None, None]).float()
+    return scaled.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn), descale, scaled
+
+
 def quantize_per_head_reference(x: torch.Tensor, group_size: int = 1, *, layout: str = "BHSD", cos=None,
                                 sin=None, rope_interleaved: bool = False, hadamard: bool = False,
                                 sign_vector=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,8 +179,12 @@ def quantize_per_head_reference(x: torch.Tensor, group_size: int = 1, *, layout:
 
 
 def quantize_qkv_reference(q, k, v, *, layout="BHSD", cos=None, sin=None, rope_interleaved=False,
-                           hadamard="none", sign_vector=None):
-    """(q, k, v, q_descale, k_descale, v_descale) like ``fp8_quant.quantize_qkv``."""
+                           hadamard="none", sign_vector=None, smooth_k=False, smooth_v=False, k_mean=None,
+                           v_mean=None):
+    """(q, k, v, q_descale, k_descale, v_descale) like ``fp8_quant.quantize_qkv``; with ``smooth_v``
+    a seventh item, V's mean (B, H_kv, D) float32. ``smooth_k`` / ``smooth_v`` subtract ``k_mean`` /
+    ``v_mean`` (the kernels' means, for bit-exact checks) or, if None, the float64 mean rounded to
+    fp32."""
     hadamard = getattr(hadamard, "value", hadamard)
     h_axis = 1 if layout == "BHSD" else 2
     group = q.shape[h_axis] // k.shape[h_axis]
@@ -151,10 +193,23 @@ def quantize_qkv_reference(q, k, v, *, layout="BHSD", cos=None, sin=None, rope_i
     kw = dict(layout=layout, sign_vector=sign_vector)
     q8, qd = quantize_per_head_reference(q, group, cos=cos, sin=sin, rope_interleaved=rope_interleaved,
                                          hadamard=had_qk, **kw)
-    k8, kd = quantize_per_head_reference(k, 1, cos=cos, sin=sin, rope_interleaved=rope_interleaved,
-                                         hadamard=had_qk, **kw)
-    v8, vd = quantize_per_head_reference(v, 1, hadamard=had_v, **kw)
-    return q8, k8, v8, qd, kd, vd
+    if not (smooth_k or smooth_v):
+        k8, kd = quantize_per_head_reference(k, 1, cos=cos, sin=sin, rope_interleaved=rope_interleaved,
+                                             hadamard=had_qk, **kw)
+        v8, vd = quantize_per_head_reference(v, 1, hadamard=had_v, **kw)
+        return q8, k8, v8, qd, kd, vd
+    kt = transformed_reference(k, cos=cos, sin=sin, rope_interleaved=rope_interleaved, hadamard=had_qk, **kw)
+    vt = transformed_reference(v, hadamard=had_v, **kw)
+    out = []
+    for xt, on, mean in ((kt, smooth_k, k_mean), (vt, smooth_v, v_mean)):
+        if on:
+            mean = (mean_f64(xt).float() if mean is None else mean.float())
+            x8, xd, _ = smoothed_values_reference(xt, mean)
+        else:
+            x8, xd, _ = quantize_values_reference(xt, 1)
+        out.append((from_bhsd(x8, layout), xd, mean))
+    (k8, kd, _), (v8, vd, vm) = out
+    return (q8, k8, v8, qd, kd, vd, vm) if smooth_v else (q8, k8, v8, qd, kd, vd)
 
 
 def dequantize_reference(x_fp8: torch.Tensor, descale: torch.Tensor, *, layout: str = "BHSD",

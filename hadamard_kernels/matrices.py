@@ -1,4 +1,5 @@
-"""Hadamard matrices the kernels implement (built once, cached)."""
+"""Hadamard matrices the kernels implement (built once, cached, handed out as fresh tensors), and the
+size rule of the transforms (``padded_size``: which K * 2^m a last dim of n elements is padded to)."""
 
 from __future__ import annotations
 
@@ -47,71 +48,161 @@ def sylvester_matrix(n: int, dtype: torch.dtype = torch.float32, device=None) ->
 
 # --- Hadamard matrices of order K in {12, 20, 28, 40} (for n = K * 2^m) ---------------------------
 #
-# Which H_K (documented choice; any other Hadamard matrix of the same order can be passed as ``h_k``):
-# - H_12: Paley construction I with q = 11 (q = 3 mod 4): H = I + S, S = [[0, 1^T], [-1, Q]], Q the
-#   Jacobsthal matrix Q[i, j] = chi(j - i) of GF(q) (chi the quadratic character).
-# - H_20: Paley construction I with q = 19.
-# - H_28: Paley construction II with q = 13 (q = 1 mod 4): the symmetric conference matrix
-#   C = [[0, 1^T], [1, Q]] with 0 -> [[1, -1], [-1, -1]] and +-1 -> +-[[1, 1], [1, -1]].
-# - H_40: H_2 (x) H_20 (torch.kron of the 2x2 Sylvester matrix and H_20 above).
-# For n = K * 2^m the kernels implement M = H_K (x) H_{2^m} = torch.kron(H_K, H_{2^m}): element
-# k * 2^m + j of a row is entry (k, j) of a K x 2^m matrix X, and x @ M = vec(H_K^T X H_{2^m}).
+# H_K are fast-hadamard-transform's (Dao-AILab, csrc/code_gen.py, the matrices its generated
+# fast_hadamard_transform_special.h multiplies by), copied row by row ('+' = 1, '-' = -1):
+# - H_12: Paley construction II with q = 5 (``had_12_paley``; symmetric);
+# - H_20, H_28: Williamson-type (``had_20_will``, ``had_28_will``, from Sloane's library; not symmetric);
+# - H_40: ``had_40_tpal`` (the transpose of H_2 (x) Paley I(q = 19); not symmetric).
+# The transforms compute, for a row of n = K * 2^m elements read as a K x 2^m matrix X (row-major:
+# element k * 2^m + j is X[k, j]), Y = H_K X H_{2^m}: out = x @ kron(H_K, H_{2^m}).T =
+# F.linear(x, kron(H_K, H_{2^m})), as fast-hadamard-transform does. Any other Hadamard matrix of the
+# same order can be passed as ``h_k``; it is applied the same way (h_k X H_{2^m}).
 
 HADAMARD_K = (12, 20, 28, 40)
 
+_DAO_K = {
+    12: """
++-++++++++++
+--+-+-+-+-+-
++++-++----++
++---+--+-++-
++++++-++----
++-+---+--+-+
+++--+++-++--
++--++---+--+
+++----+++-++
++--+-++---+-
+++++----+++-
++-+--+-++---
+""",
+    20: """
++----+----++--++-++-
+-+----+---+++---+-++
+--+----+---+++-+-+-+
+---+----+---+++++-+-
+----+----++--++-++-+
+-+++++-----+--+++--+
++-+++-+---+-+--+++--
+++-++--+---+-+--+++-
++++-+---+---+-+--+++
+++++-----++--+-+--++
+--++-+-++-+-----++++
+---++-+-++-+---+-+++
++---++-+-+--+--++-++
+++---++-+----+-+++-+
+-++---++-+----+++++-
+-+--+--++-+----+----
++-+-----++-+----+---
+-+-+-+---+--+----+--
+--+-+++------+----+-
++--+--++------+----+
+""",
+    28: """
++------++----++-+--+-+--++--
+-+-----+++-----+-+--+-+--++-
+--+-----+++---+-+-+----+--++
+---+-----+++---+-+-+-+--+--+
+----+-----+++---+-+-+++--+--
+-----+-----++++--+-+--++--+-
+------++----++-+--+-+--++--+
+--++++-+-------++--+++-+--+-
+---++++-+-----+-++--+-+-+--+
++---+++--+----++-++--+-+-+--
+++---++---+----++-++--+-+-+-
++++---+----+----++-++--+-+-+
+++++--------+-+--++-++--+-+-
+-++++--------+++--++--+--+-+
+-+-++-++--++--+--------++++-
++-+-++--+--++--+--------++++
+-+-+-++--+--++--+----+---+++
++-+-+-++--+--+---+---++---++
+++-+-+-++--+------+--+++---+
+-++-+-+-++--+------+-++++---
++-++-+---++--+------+-++++--
+-++--++-+-++-+++----++------
++-++--++-+-++-+++-----+-----
+++-++---+-+-++-+++-----+----
+-++-++-+-+-+-+--+++-----+---
+--++-++++-+-+----+++-----+--
++--++-+-++-+-+----+++-----+-
+++--++-+-++-+-+----++------+
+""",
+    40: """
++-------------------+-------------------
+++-++----+-+-++++--+++-++----+-+-++++--+
++++-++----+-+-++++--+++-++----+-+-++++--
++-++-++----+-+-++++-+-++-++----+-+-++++-
++--++-++----+-+-+++++--++-++----+-+-++++
+++--++-++----+-+-+++++--++-++----+-+-+++
++++--++-++----+-+-+++++--++-++----+-+-++
+++++--++-++----+-+-+++++--++-++----+-+-+
++++++--++-++----+-+-+++++--++-++----+-+-
++-++++--++-++----+-++-++++--++-++----+-+
+++-++++--++-++----+-++-++++--++-++----+-
++-+-++++--++-++----++-+-++++--++-++----+
+++-+-++++--++-++----++-+-++++--++-++----
++-+-+-++++--++-++---+-+-+-++++--++-++---
++--+-+-++++--++-++--+--+-+-++++--++-++--
++---+-+-++++--++-++-+---+-+-++++--++-++-
++----+-+-++++--++-+++----+-+-++++--++-++
+++----+-+-++++--++-+++----+-+-++++--++-+
++++----+-+-++++--++-+++----+-+-++++--++-
++-++----+-+-++++--+++-++----+-+-++++--++
++--------------------+++++++++++++++++++
+++-++----+-+-++++--+--+--++++-+-+----++-
++++-++----+-+-++++-----+--++++-+-+----++
++-++-++----+-+-++++--+--+--++++-+-+----+
++--++-++----+-+-++++-++--+--++++-+-+----
+++--++-++----+-+-+++--++--+--++++-+-+---
++++--++-++----+-+-++---++--+--++++-+-+--
+++++--++-++----+-+-+----++--+--++++-+-+-
++++++--++-++----+-+------++--+--++++-+-+
++-++++--++-++----+-+-+----++--+--++++-+-
+++-++++--++-++----+---+----++--+--++++-+
++-+-++++--++-++----+-+-+----++--+--++++-
+++-+-++++--++-++------+-+----++--+--++++
++-+-+-++++--++-++----+-+-+----++--+--+++
++--+-+-++++--++-++---++-+-+----++--+--++
++---+-+-++++--++-++--+++-+-+----++--+--+
++----+-+-++++--++-++-++++-+-+----++--+--
+++----+-+-++++--++-+--++++-+-+----++--+-
++++----+-+-++++--++----++++-+-+----++--+
++-++----+-+-++++--++-+--++++-+-+----++--
+""",
+}
 
-def _jacobsthal(q: int) -> torch.Tensor:
-    squares = {(i * i) % q for i in range(1, q)}
-    chi = [0] + [1 if a in squares else -1 for a in range(1, q)]
-    return torch.tensor([[chi[(j - i) % q] for j in range(q)] for i in range(q)], dtype=torch.float64)
+
+def _from_signs(rows: str) -> torch.Tensor:
+    return torch.tensor([[1.0 if c == "+" else -1.0 for c in row] for row in rows.split()], dtype=torch.float64)
 
 
-def _paley_1(q: int) -> torch.Tensor:
-    n = q + 1
-    s = torch.zeros(n, n, dtype=torch.float64)
-    s[0, 1:] = 1
-    s[1:, 0] = -1
-    s[1:, 1:] = _jacobsthal(q)
-    return torch.eye(n, dtype=torch.float64) + s
-
-
-def _paley_2(q: int) -> torch.Tensor:
-    n = q + 1
-    c = torch.zeros(n, n, dtype=torch.float64)
-    c[0, 1:] = 1
-    c[1:, 0] = 1
-    c[1:, 1:] = _jacobsthal(q)
-    zero = torch.tensor([[1.0, -1.0], [-1.0, -1.0]], dtype=torch.float64)
-    one = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
-    h = torch.kron(c, one)
-    for i in range(n):
-        h[2 * i:2 * i + 2, 2 * i:2 * i + 2] = zero
-    return h
-
-
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=8)
 def _hadamard_k_f64(k: int) -> torch.Tensor:
     if k == 1:
         return torch.ones(1, 1, dtype=torch.float64)
-    if k == 12:
-        return _paley_1(11)
-    if k == 20:
-        return _paley_1(19)
-    if k == 28:
-        return _paley_2(13)
-    if k == 40:
-        return torch.kron(_sylvester_f64(2), _paley_1(19))
-    raise ValueError(f"no built-in Hadamard matrix of order K={k}; supported K: {HADAMARD_K}")
+    if k not in _DAO_K:
+        raise ValueError(f"no built-in Hadamard matrix of order K={k}; supported K: {HADAMARD_K}")
+    return _from_signs(_DAO_K[k])
 
 
 def hadamard_k_matrix(k: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
-    """The documented K x K Hadamard matrix H_K for K in {12, 20, 28, 40} (see the module comment)."""
+    """fast-hadamard-transform's K x K Hadamard matrix H_K for K in {12, 20, 28, 40} (see the comment
+    above), the default of ``hadamard_transform_<K>N``: passing it as ``h_k`` changes nothing. A fresh
+    tensor on every call.
+
+    >>> hadamard_k_matrix(12)[0, :4].tolist()
+    [1.0, -1.0, 1.0, 1.0]
+    """
     return _hadamard_k_f64(k).to(dtype=dtype, device=device, copy=True)
 
 
 def is_hadamard(h: torch.Tensor) -> bool:
     """True when ``h`` is square with entries +-1 and h @ h.T == K * I (exactly, in float64).
-    TypeError for anything but a tensor (convert a list with ``torch.tensor``)."""
+    TypeError for anything but a tensor (convert a list with ``torch.tensor``).
+
+    >>> is_hadamard(sylvester_matrix(8)), is_hadamard(hadamard_k_matrix(12)), is_hadamard(torch.ones(2, 2))
+    (True, True, False)
+    """
     if not isinstance(h, torch.Tensor):
         raise TypeError(f"is_hadamard takes a torch.Tensor, got {type(h).__name__}")
     if h.dim() != 2 or h.shape[0] != h.shape[1] or h.shape[0] == 0:
@@ -140,13 +231,44 @@ def split_size(n: int, k: int | None = None) -> tuple[int, int]:
     return k, n // k
 
 
+# fast-hadamard-transform pads a K-function input to a multiple of 4K, then to K * 2^ceil(log2(dim / K)):
+# a padded K * 2^m always has 2^m >= 4.
+MIN_PADDED_P_K = 4
+
+
+def padded_size(n: int, k: int = 1) -> int:
+    """P = 2^m such that the transform of a last dim of n elements with a K x K matrix (K = 1: the
+    Sylvester transform alone) works on K * P elements: P = n / K when n = K * 2^m (no padding, n >= 2
+    for K = 1); otherwise x is zero-padded to K * P and the first n outputs are returned, with
+    K = 1: P the next power of two (2 for n = 1: H_2 (x, 0) = (x, x), so n = 1 multiplies by scale);
+    K > 1: P the smallest power of two >= 4 with K * P >= n (fast-hadamard-transform's rule).
+
+    >>> padded_size(1000), padded_size(12 * 8, 12), padded_size(100, 12), padded_size(13, 12)
+    (1024, 8, 16, 4)
+    """
+    if k == 1:
+        return 2 if n <= 2 else 1 << (n - 1).bit_length()
+    if n % k == 0 and is_power_of_two(n // k):
+        return n // k
+    return max(MIN_PADDED_P_K, 1 << (-(-n // k) - 1).bit_length())
+
+
 def hadamard_matrix(n: int, dtype: torch.dtype = torch.float32, device=None, *, k: int | None = None,
                     h_k: torch.Tensor | None = None) -> torch.Tensor:
-    """The n x n matrix M the kernels implement: out = (x @ M) * scale.
+    """The n x n matrix M of the transform: out = F.linear(x, M) * scale = (x @ M.T) * scale (the
+    form of fast-hadamard-transform's docstring); for powers of two M is symmetric and x @ M the same.
 
-    Powers of two: the Sylvester matrix. n = K * 2^m: torch.kron(H_K, H_{2^m}) with the documented
-    H_K (``hadamard_k_matrix``) or the user's ``h_k``. ``k`` picks K where n is ambiguous (n = 40 * 2^m
-    is 20 * 2^(m+1) by default; pass k=40 for the H_40 variant)."""
+    Powers of two: the Sylvester matrix. n = K * 2^m: torch.kron(H_K, H_{2^m}) with the default H_K
+    (``hadamard_k_matrix``) or the user's ``h_k``. ``k`` picks K where n is ambiguous (n = 40 * 2^m
+    is 20 * 2^(m+1) by default; pass k=40 for the H_40 variant). Sizes that the transforms pad
+    (``padded_size``): out = F.linear(pad(x), hadamard_matrix(K * P))[..., :n] * scale.
+
+    >>> hadamard_matrix(4)[1].tolist()
+    [1.0, -1.0, 1.0, -1.0]
+    >>> x = torch.randn(2, 48)
+    >>> torch.allclose(hadamard_transform_12N(x), x @ hadamard_matrix(48, k=12).T, atol=1e-4)
+    True
+    """
     if h_k is not None:
         k = int(h_k.shape[0])
     k, p = split_size(n, k)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from hadamard_kernels.matrices import hadamard_k_matrix, hadamard_matrix, split_size
+from hadamard_kernels.matrices import hadamard_k_matrix, hadamard_matrix, padded_size, split_size
 from hadamard_kernels.signs import as_sign_vector, rht_matrix_f64
 
 # --- Hadamard transform references ---
@@ -15,31 +15,39 @@ from hadamard_kernels.signs import as_sign_vector, rht_matrix_f64
 
 def hadamard_transform_ref(x: torch.Tensor, scale: float = 1.0, h_k: Optional[torch.Tensor] = None,
                            k: Optional[int] = None) -> torch.Tensor:
-    """(x @ M) * scale in float64 with M = hadamard_matrix(n, k=k, h_k=h_k) (Sylvester for powers of
-    two, kron(H_K, H_{n/K}) otherwise), computed in factored form so n = 32768 needs no dense matrix:
-    a row is a K x P matrix X and x @ M = vec(H_K^T X H_P); H_P by radix-2 steps. Returns float64."""
+    """F.linear(x, M) * scale in float64, M = hadamard_matrix(n, k=k, h_k=h_k) (Sylvester for powers
+    of two, kron(H_K, H_P) for n = K * P), computed in factored form so n = 32768 needs no dense
+    matrix: a row is a K x P matrix X and the result vec(H_K X H_P); H_P by radix-2 steps. Other n:
+    x zero-padded to K * padded_size(n, K) (``k=None``: K = 1 unless n = K * 2^m) and the first n
+    outputs returned. Returns float64."""
     n = x.shape[-1]
     if h_k is not None:
         k = int(h_k.shape[0])
-    k, p = split_size(n, k)
-    y = x.to(torch.float64).reshape(*x.shape[:-1], k, p)
+    if k is None:
+        try:
+            k = split_size(n)[0]
+        except ValueError:
+            k = 1
+    p = padded_size(n, k)
+    lead = x.shape[:-1]
+    y = torch.nn.functional.pad(x.to(torch.float64), (0, k * p - n)).reshape(*lead, k, p)
     h = 1
     while h < p:  # y @ H_P: pair element j with j + h inside each block of 2h
-        y = y.reshape(*x.shape[:-1], k, p // (2 * h), 2, h)
+        y = y.reshape(*lead, k, p // (2 * h), 2, h)
         a, b = y[..., 0, :], y[..., 1, :]
-        y = torch.stack([a + b, a - b], dim=-2).reshape(*x.shape[:-1], k, p)
+        y = torch.stack([a + b, a - b], dim=-2).reshape(*lead, k, p)
         h *= 2
     if k > 1:
         hk = hadamard_k_matrix(k, torch.float64, x.device) if h_k is None else h_k.to(x.device, torch.float64)
-        y = torch.einsum("...jp,ji->...ip", y, hk)
-    return y.reshape(x.shape).to(torch.float64) * scale
+        y = torch.einsum("ij,...jp->...ip", hk, y)  # H_K X
+    return y.reshape(*lead, k * p)[..., :n] * scale
 
 
 def hadamard_transform_dense_ref(x: torch.Tensor, scale: float = 1.0, h_k: Optional[torch.Tensor] = None,
                                  k: Optional[int] = None) -> torch.Tensor:
-    """The same as a dense float64 matmul x @ hadamard_matrix(n) * scale (small n only)."""
+    """The same as a dense float64 F.linear(x, hadamard_matrix(n)) * scale (n = K * 2^m, small n only)."""
     m = hadamard_matrix(x.shape[-1], torch.float64, x.device, k=k, h_k=h_k)
-    return (x.to(torch.float64) @ m) * scale
+    return (x.to(torch.float64) @ m.T) * scale
 
 
 def rel_rms(out: torch.Tensor, ref: torch.Tensor) -> float:

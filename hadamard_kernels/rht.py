@@ -24,10 +24,21 @@ errors are fp32 accumulation and the fp32 scale, far below the output rounding);
 ``tf32x3`` dot (the +-1 matrix is exact in tf32, x is split in three). d < 16 (2, 4, 8) is below
 ``tl.dot``'s minimum: those use fp32 register math (broadcast multiply + sum).
 
+Gradients: R is orthogonal, so the backward of ``rht`` is ``inverse_rht`` of the incoming gradient
+(grad @ R^T per block) and the backward of ``inverse_rht`` is ``rht`` (grad @ R), with the same sign
+vector, axis and d: one more call of the same kernels, registered on the op with
+``torch.library.register_autograd`` (so it also works under ``torch.compile``, and twice for double
+backward). This is the library's gradient policy: differentiable where the backward is another call
+of our kernels (``hadamard_transform*``, ``rht``, ``inverse_rht``); everything that quantizes or takes
+an amax (``rht_amax``, ``fp8_quant``, ``attention``) raises a ValueError before any launch when grad
+mode is on and an input requires grad.
+
 Seam: ``_rht_launch(x, sv, axis, inverse, config=None)`` runs the autotuned kernel (``config=None``)
 or exactly one ``triton.Config`` (tests, benchmarks). The public functions validate once and call it
-directly in eager mode; under ``torch.compile`` (and when autograd records a graph) they go through
-the registered op ``hadamard_kernels::rht`` (a ``triton_op``: Inductor compiles the launch).
+directly in eager mode; under ``torch.compile`` and when autograd records a graph they go through
+the registered op ``hadamard_kernels::rht`` (a ``triton_op``: Inductor compiles the launch). The eager
+path is kept short (it runs on every call): one validation pass, the grid as plain integer ceil-divs
+(``triton.cdiv`` is a JIT function in triton 3.6, costly to call from Python), no reshape of the input.
 """
 
 from __future__ import annotations
@@ -39,7 +50,7 @@ import triton
 import triton.language as tl
 
 from hadamard_kernels.matrices import is_power_of_two
-from hadamard_kernels.runtime import autotune_do_bench, autotune_configs, bucket, launch
+from hadamard_kernels.runtime import autotune_do_bench, autotune_configs, launch
 from hadamard_kernels.signs import DEFAULT_SIGN_VECTOR, SignVector, as_sign_vector, random_sign_vector
 from hadamard_kernels.triton_ops import graph_constant, traced_launch, triton_library_op
 
@@ -48,11 +59,13 @@ __all__ = ["rht", "inverse_rht", "get_rht_matrix", "DEFAULT_SIGN_VECTOR", "rando
 MIN_HADAMARD_DIMENSION = 2
 MAX_HADAMARD_DIMENSION = 256
 _SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+# the valid d (powers of two in [MIN, MAX]) and each one's fp32 output scale 1/sqrt(d)
+_SCALES = {d: 1.0 / math.sqrt(d) for d in range(MIN_HADAMARD_DIMENSION, MAX_HADAMARD_DIMENSION + 1)
+           if is_power_of_two(d)}
 
 
 def _check_dimension(d) -> int:
-    if isinstance(d, bool) or not isinstance(d, int) or not is_power_of_two(d) or not (
-            MIN_HADAMARD_DIMENSION <= d <= MAX_HADAMARD_DIMENSION):
+    if type(d) is not int or d not in _SCALES:  # bool is not int here
         raise ValueError(f"hadamard_dimension must be a power of two from {MIN_HADAMARD_DIMENSION} to "
                          f"{MAX_HADAMARD_DIMENSION}, got {d!r}")
     return d
@@ -78,6 +91,15 @@ def get_rht_matrix(sign_vector, device, dtype: torch.dtype = torch.bfloat16,
     A fresh tensor on every call (a copy of the matrix cached on the ``SignVector``): the caller may
     modify it without changing later results. ValueError when d is not a power of two in [2, 256],
     the sign vector length is not d, or an entry is not +-1.
+
+    >>> r = get_rht_matrix(DEFAULT_SIGN_VECTOR, "cpu", torch.float64)  # diag(s) H_16 / 4
+    >>> r[0, :4].tolist()
+    [0.25, 0.25, 0.25, 0.25]
+    >>> torch.allclose(r @ r.T, torch.eye(16, dtype=torch.float64))
+    True
+    >>> r *= 4  # a fresh copy: later calls, rht and rht_amax are unaffected
+    >>> get_rht_matrix(DEFAULT_SIGN_VECTOR, "cpu", torch.float64)[0, 0].item()
+    0.25
     """
     sv = _resolve_signs(sign_vector, hadamard_dimension)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -193,7 +215,7 @@ _rht_cols = triton.autotune(do_bench=autotune_do_bench, configs=autotune_configs
 # -------------------------------------------------------------------------------------------------
 
 def _normalize_axis(axis, ndim: int) -> int:
-    if isinstance(axis, bool) or not isinstance(axis, int):
+    if type(axis) is not int and (isinstance(axis, bool) or not isinstance(axis, int)):
         raise TypeError(f"axis must be an int, got {axis!r}")
     if not -ndim <= axis < ndim:
         raise ValueError(f"axis {axis} out of range for a {ndim}-D tensor")
@@ -204,23 +226,27 @@ def _validate(x: torch.Tensor, d: int, axis, name: str) -> int:
     """Cheap checks of x, d and axis (no device work); returns the normalized axis."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _SUPPORTED_DTYPES:
-        raise TypeError(f"{name} supports bfloat16, float16 and float32 inputs, got {x.dtype}")
-    if x.dim() == 0:
+    dtype = x.dtype
+    if dtype not in _SUPPORTED_DTYPES:
+        raise TypeError(f"{name} supports bfloat16, float16 and float32 inputs, got {dtype}")
+    shape = x.shape
+    if not shape:
         raise ValueError(f"{name} needs at least 1 dim, got a 0-d tensor")
     _check_dimension(d)
-    axis = _normalize_axis(axis, x.dim())
-    if x.shape[axis] % d:
-        raise ValueError(f"{name}: size {x.shape[axis]} of axis {axis} (shape {tuple(x.shape)}) is not a "
+    axis = _normalize_axis(axis, len(shape))
+    if shape[axis] % d:
+        raise ValueError(f"{name}: size {shape[axis]} of axis {axis} (shape {tuple(shape)}) is not a "
                          f"multiple of hadamard_dimension={d}")
-    if x.dtype == torch.float32 and d > 128:
+    if d > 128 and dtype is torch.float32:
         raise ValueError(f"{name} of float32 input supports hadamard_dimension <= 128, got {d}: the float32 "
                          f"{d}x{d} matrix does not fit in shared memory (use bf16/fp16 input for d = 256)")
     return axis
 
 
 def _size_bucket(numel: int) -> int:
-    return bucket(numel).bit_length()
+    """The ``size_bucket`` autotune key of a tensor of numel >= 1 elements: the bit length of
+    ``runtime.bucket(numel)`` (the next power of two), computed without building that power."""
+    return (numel - 1).bit_length() + 1
 
 
 def _rht_launch(x: torch.Tensor, sv: SignVector, axis: int, inverse: bool,
@@ -230,35 +256,41 @@ def _rht_launch(x: torch.Tensor, sv: SignVector, axis: int, inverse: bool,
     stages) launches exactly that config on the rows (axis last) or columns kernel. ``traced``: the
     op body's launch through ``wrap_triton``, the cached matrix a graph constant."""
     d = len(sv)
-    axis = axis % x.dim()
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # contiguous
-    if x.numel() == 0:
+    shape = x.shape
+    ndim = len(shape)
+    axis = axis % ndim
+    dtype, device = x.dtype, x.device
+    y = torch.empty(shape, dtype=dtype, device=device)  # contiguous
+    numel = y.numel()
+    if numel == 0:
         return y
-    xc = x.contiguous()
-    inner = math.prod(x.shape[axis + 1:])
+    if not x.is_contiguous():
+        x = x.contiguous()
     if traced:
-        m = graph_constant(lambda: sv.pm1_matrix(inverse, x.device, x.dtype))
+        m = graph_constant(lambda: sv.pm1_matrix(inverse, device, dtype))
     else:
-        m = sv.pm1_matrix(inverse, x.device, x.dtype)  # cached on sv, never handed to callers
+        m = sv.pm1_matrix(inverse, device, dtype)  # cached on sv, never handed to callers
     run = traced_launch if traced else launch
-    consts = dict(D=d, IS_FP32=x.dtype == torch.float32)
-    sb = _size_bucket(x.numel())
-    scale = 1.0 / math.sqrt(d)
-    if inner == 1:
-        n_rows = x.numel() // d
-        grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_R"] * meta["TILES"]),)  # noqa: E731
-        run(_rht_rows, grid, (xc, y, m, scale, n_rows, sb), consts, config)
+    consts = {"D": d, "IS_FP32": dtype is torch.float32}
+    sb = _size_bucket(numel)
+    # grids: plain integer ceil-divs, (n - 1) // b + 1 for n >= 1 (triton.cdiv is a JIT function in
+    # triton 3.6, slow to call from Python)
+    inner = 1 if axis == ndim - 1 else math.prod(shape[axis + 1:])
+    if inner == 1:  # the last axis, or only size-1 dims after it: contiguous rows of d
+        n_rows = numel // d
+        grid = lambda meta: ((n_rows - 1) // (meta["BLOCK_R"] * meta["TILES"]) + 1,)  # noqa: E731
+        run(_rht_rows, grid, (x, y, m, _SCALES[d], n_rows, sb), consts, config)
     else:
-        n_blocks = x.numel() // (d * inner)
-        grid = lambda meta: (n_blocks, triton.cdiv(inner, meta["BLOCK_I"] * meta["TILES"]))  # noqa: E731
-        run(_rht_cols, grid, (xc, y, m, scale, inner, sb), consts, config)
+        n_blocks = numel // (d * inner)
+        grid = lambda meta: (n_blocks, (inner - 1) // (meta["BLOCK_I"] * meta["TILES"]) + 1)  # noqa: E731
+        run(_rht_cols, grid, (x, y, m, _SCALES[d], inner, sb), consts, config)
     return y
 
 
 # -------------------------------------------------------------------------------------------------
-# Op (torch.compile, autograd recording, torch.ops.hadamard_kernels.rht): a triton_op whose body
-# Inductor traces (the signs are a constant list, the +-1 matrix a graph constant); a custom_op
-# with this fake under the interpreter (hadamard_kernels.triton_ops)
+# Op (torch.compile, autograd, torch.ops.hadamard_kernels.rht): a triton_op whose body Inductor
+# traces (the signs are a constant list, the +-1 matrix a graph constant); a custom_op with this fake
+# under the interpreter (hadamard_kernels.triton_ops). Its backward is the op in the other direction.
 # -------------------------------------------------------------------------------------------------
 
 def _rht_fake(x, signs, axis, inverse):
@@ -273,6 +305,21 @@ def _rht_op(x: torch.Tensor, signs: list[int], axis: int, inverse: bool) -> torc
     return _rht_launch(x, sv, axis, inverse, traced=True)
 
 
+def _rht_setup_context(ctx, inputs, output):
+    _, signs, axis, inverse = inputs
+    ctx.signs, ctx.axis, ctx.inverse = signs, axis, inverse
+
+
+def _rht_backward(ctx, grad):
+    # y = x @ R per block (inverse: y = x @ R^T) with R orthogonal, so dL/dx = grad @ R^T (inverse:
+    # grad @ R): the op in the other direction, same signs, axis and d. Through the op, so that a
+    # double backward and torch.compile's traced backward see it too.
+    return _rht_op(grad, ctx.signs, ctx.axis, not ctx.inverse), None, None, None
+
+
+torch.library.register_autograd("hadamard_kernels::rht", _rht_backward, setup_context=_rht_setup_context)
+
+
 # -------------------------------------------------------------------------------------------------
 # Public functions
 # -------------------------------------------------------------------------------------------------
@@ -280,8 +327,8 @@ def _rht_op(x: torch.Tensor, signs: list[int], axis: int, inverse: bool) -> torc
 def _rht_public(x, sign_vector, hadamard_dimension, axis, inverse: bool) -> torch.Tensor:
     sv = _resolve_signs(sign_vector, hadamard_dimension)
     axis = _validate(x, len(sv), axis, "inverse_rht" if inverse else "rht")
-    if torch.compiler.is_compiling() or (x.requires_grad and torch.is_grad_enabled()):
-        return _rht_op(x, list(sv.values), axis, inverse)
+    if (x.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling():
+        return _rht_op(x, list(sv.values), axis, inverse)  # autograd records the op's backward
     return _rht_launch(x, sv, axis, inverse)
 
 
@@ -294,6 +341,16 @@ def rht(x: torch.Tensor, sign_vector=DEFAULT_SIGN_VECTOR, hadamard_dimension: in
     is contiguous (a non-contiguous x is copied to a contiguous one first). ``sign_vector``: a
     ``SignVector``, tensor, list or tuple of d entries, each +1 or -1 (ValueError otherwise); a
     tensor is read to the host once per tensor version, a ``SignVector`` never.
+
+    Differentiable: the gradient of ``rht(x, s, d, axis)`` with respect to x is
+    ``inverse_rht(grad, s, d, axis)`` (R is orthogonal), computed by the same kernels, in x's dtype;
+    double backward works too. Under ``torch.no_grad()`` / ``torch.inference_mode()`` or for inputs
+    that do not require grad, nothing is recorded and the kernel is launched directly.
+
+    >>> x = torch.randn(4, 64)
+    >>> y = rht(x)  # blocks of 16 along the last axis, DEFAULT_SIGN_VECTOR
+    >>> torch.allclose(inverse_rht(y), x, atol=1e-5)
+    True
     """
     return _rht_public(x, sign_vector, hadamard_dimension, axis, False)
 
@@ -301,5 +358,11 @@ def rht(x: torch.Tensor, sign_vector=DEFAULT_SIGN_VECTOR, hadamard_dimension: in
 def inverse_rht(x: torch.Tensor, sign_vector=DEFAULT_SIGN_VECTOR, hadamard_dimension: int = 16,
                 axis: int = -1) -> torch.Tensor:
     """Inverse of ``rht``: each block y -> y @ H_d @ diag(s) / sqrt(d) (fp32 math, one rounding).
-    Same arguments as ``rht``."""
+    Same arguments as ``rht``. Differentiable: its gradient is ``rht(grad, s, d, axis)``.
+
+    >>> x = torch.randn(32, 8, dtype=torch.bfloat16)
+    >>> y = inverse_rht(rht(x, hadamard_dimension=16, axis=0), hadamard_dimension=16, axis=0)
+    >>> y.shape, y.dtype
+    (torch.Size([32, 8]), torch.bfloat16)
+    """
     return _rht_public(x, sign_vector, hadamard_dimension, axis, True)

@@ -38,7 +38,14 @@ DEFAULT_SIGN_VECTOR: tuple[int, ...] = (1, 1, 1, -1, 1, -1, -1, -1, -1, -1, -1, 
 
 class SignVector:
     """An immutable vector of +-1 entries (validated at construction), hashable, with cached
-    device copies. ``SignVector([1, -1, ...])``; ``tuple(sv)``, ``len(sv)``, ``sv.tensor(device)``."""
+    device copies. ``SignVector([1, -1, ...])``; ``tuple(sv)``, ``len(sv)``, ``sv.tensor(device)``.
+
+    >>> sv = SignVector([1, -1, -1, 1])
+    >>> len(sv), tuple(sv)
+    (4, (1, -1, -1, 1))
+    >>> rht(torch.ones(1, 4), sv, 4).tolist()  # ones @ diag(s) H_4 / 2
+    [[0.0, 0.0, 0.0, 2.0]]
+    """
 
     __slots__ = ("values", "_device_cache", "__weakref__")
 
@@ -146,7 +153,17 @@ def _from_tuple(values: tuple) -> SignVector:
 def as_sign_vector(sign_vector, d: Optional[int] = None, name: str = "sign_vector") -> SignVector:
     """``sign_vector`` (SignVector, tensor, list or tuple) as a validated ``SignVector`` of length d
     (when d is given). ValueError for entries other than +-1 or a wrong length; TypeError for other
-    types. See the module docstring for what is checked when."""
+    types. See the module docstring for what is checked when.
+
+    >>> as_sign_vector([1, -1, 1, 1])
+    SignVector([1, -1, 1, 1])
+    >>> as_sign_vector(torch.tensor([1.0, -1.0]), d=2) == SignVector([1, -1])
+    True
+    >>> as_sign_vector([1, 0])
+    Traceback (most recent call last):
+        ...
+    ValueError: sign vector entries must be +1 or -1, got 0 at index 1
+    """
     if isinstance(sign_vector, SignVector):
         sv = sign_vector
     elif isinstance(sign_vector, torch.Tensor):

@@ -57,10 +57,13 @@ CASES = {
                     lambda i, g, d: (_t([(32, 64), (48, 32)][i], g, d),)),
     "rht_amax": (lambda x: rht_amax(x, DEFAULT_SIGN_VECTOR, 16, 0),
                  lambda i, g, d: (_t([(32, 48), (64, 32)][i], g, d),)),
-    "quantize_qkv": (lambda q, k, v: tuple(fp8_quant.quantize_qkv(q, k, v, hadamard="qkv", sign_vector=S64)),
-                     lambda i, g, d: _qkv([33, 40][i], g, d)),
+    "quantize_qkv": (lambda q, k, v: tuple(fp8_quant.quantize_qkv(q, k, v, hadamard="qkv", sign_vector=S64))[:6],
+                     lambda i, g, d: _qkv([33, 40][i], g, d)),  # [:6]: the seventh field, v_mean, is None
     "quantize_per_head": (lambda q, k, v: fp8_quant.quantize_per_head(q, 2, hadamard=True, sign_vector=list(S64)),
                           lambda i, g, d: _qkv([33, 40][i], g, d)),
+    "quantize_qkv_smooth": (lambda q, k, v: tuple(fp8_quant.quantize_qkv(q, k, v, hadamard="v_only", sign_vector=S64,
+                                                                         smooth_k=True, smooth_v=True)),
+                            lambda i, g, d: _qkv([33, 70][i], g, d)),
 }
 
 

@@ -107,3 +107,86 @@ def test_cpu_without_interpreter_names_the_fix():
                          capture_output=True, text=True, timeout=300)
     assert "MSG no CUDA GPU" in out.stdout and "TRITON_INTERPRET=1" in out.stdout, out.stdout + out.stderr
     assert "active drivers" not in out.stdout + out.stderr
+
+
+# --- launch plans: the repeated-call fast path of ``launch`` ---
+
+def test_spec_keys_what_triton_specialises_on():
+    """Two calls share a plan only when Triton would compile them to the same kernel: the key
+    separates dtypes, 16-byte alignment, integers equal to 1 or divisible by 16, 32- vs 64-bit,
+    inside tuples too."""
+    def spec(*args):
+        return tu._spec(args)
+
+    x = torch.zeros(64, dtype=torch.float32)
+    assert spec(x) == spec(torch.ones(64))
+    assert spec(x) != spec(x.half())
+    assert spec(x) != spec(x[1:])  # 4 bytes off: not 16-byte aligned
+    assert spec(x[4:]) == spec(x)  # 16 bytes off: aligned
+    assert spec(3) == spec(5) and spec(3) != spec(1)
+    assert spec(16) == spec(4096) and spec(16) != spec(17)
+    assert spec(2 ** 31 + 16) != spec(16)
+    assert spec(True) != spec(1)
+    assert spec(None) == spec(None) and spec(0.5) == spec(2.0)
+    assert spec((x, 3)) != spec((x, 1)) and spec((x, 3, 7)) == spec((x, 5, 9))
+    assert spec(x, (x[1:], 16)) != spec(x, (x, 16))
+    hash(spec(x, (x, 3), 0.5, None, True))
+
+
+def test_key_positions_are_the_positional_autotune_keys():
+    import triton.language as tl
+
+    @triton.jit
+    def k(x_ptr, n, bucket, BLOCK: tl.constexpr):
+        pass
+
+    tuned = triton.autotune(configs=[triton.Config({"BLOCK": 16})], key=["bucket", "BLOCK"])(k)
+    assert tu._key_positions(tuned, 3) == (2,)
+    assert tu._key_positions(k, 3) == ()
+
+
+@pytest.mark.cuda
+def test_launch_plan_reuses_the_compiled_kernel_and_matches_triton():
+    """The second call of a (kernel, specialisation, key) launches the compiled kernel directly:
+    same results as Triton's own launch, a new plan for a new specialisation (misaligned view, int
+    equal to 1, other autotune key value, other constexpr), and a grid callable read per call."""
+    import triton.language as tl
+
+    @triton.jit
+    def add_kernel(x_ptr, y_ptr, out_ptr, n, alpha, bucket, BLOCK: tl.constexpr, NEG: tl.constexpr):
+        # x, y, out: n contiguous elements; one program adds BLOCK of them.
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < n
+        r = tl.load(x_ptr + offs, mask=m) * alpha + tl.load(y_ptr + offs, mask=m)
+        tl.store(out_ptr + offs, -r if NEG else r, mask=m)
+
+    tuned = triton.autotune(configs=[triton.Config({"BLOCK": 64}), triton.Config({"BLOCK": 128})],
+                            key=["bucket"])(add_kernel)
+    tu._PLANS.clear()
+    g = torch.Generator(device="cuda").manual_seed(1)
+    base = torch.randn(4096 + 1, device="cuda", generator=g)
+    y = torch.randn(4096 + 1, device="cuda", generator=g)
+
+    def run(x, n, neg=False):
+        out = torch.full_like(x, float("nan"))
+        grid = lambda meta: ((n + meta["BLOCK"] - 1) // meta["BLOCK"],)  # noqa: E731
+        tu.launch(tuned, grid, (x, y[:x.numel()], out, n, 0.5, tu.bucket(n)), {"NEG": neg})
+        want = (x[:n] * 0.5 + y[:n]) * (-1 if neg else 1)
+        torch.testing.assert_close(out[:n], want, rtol=0, atol=0)
+        return out
+
+    run(base[:4096], 4096)
+    n_plans = len(tu._PLANS)
+    assert n_plans == 1
+    for n in (4096, 4000):  # 4000 % 16 == 0 and the same bucket: the plan is reused
+        run(base[:4096], n)
+    assert len(tu._PLANS) == n_plans
+    run(base[:4096], 4001)  # not divisible by 16: another specialisation
+    run(base[1:4097], 4096)  # a 4-byte-offset view: not 16-byte aligned
+    run(base[:4096], 4096, neg=True)  # another constexpr
+    run(base[:64], 1)  # n == 1 is a constexpr for Triton
+    run(base[:2048], 2048)  # another autotune bucket
+    assert len(tu._PLANS) == n_plans + 5
+    for n, off in ((4001, 0), (4096, 1), (1, 0), (2048, 0)):  # each plan's second call: the fast path
+        run(base[off:off + max(n, 64)], n)
+    assert len(tu._PLANS) == n_plans + 5

@@ -253,3 +253,43 @@ def test_mode_and_backend_names_in_any_case(spelling, gen):
     q, k, v = (torch.randn(1, 2, 16, 64, generator=gen, device=DEVICE).to(torch.bfloat16) for _ in range(3))
     out = fp8_sdpa(q, k, v, backend="FP8_REFERENCE", hadamard=spelling)
     assert sqnr_db(out, sdpa_reference(q, k, v)) >= 24.0
+
+
+def test_fp8_triton_backend_is_chosen_only_when_asked(providers):
+    from attention.backends import HEAD_DIMS
+
+    T = AttentionBackend.FP8_TRITON
+    assert AttentionBackend("FP8_TRITON") is T and AttentionBackend("fp8_triton") is T
+    assert HEAD_DIMS[T] == (64, 96, 128, 192, 256)
+    if DEVICE == "cpu":  # the interpreter is on: FP8_TRITON runs, but backend=None never picks it
+        assert backends.resolve_backend("fp8_triton", torch.device("cpu")) is T
+        with pytest.raises(RuntimeError, match="FP8_REFERENCE"):
+            backends.resolve_backend(None, torch.device("cpu"))
+
+
+def test_fp8_triton_hardware_check(monkeypatch):
+    T, cuda = AttentionBackend.FP8_TRITON, torch.device("cuda", 0)
+    for cap, ok in (((8, 0), False), ((8, 6), False), ((8, 9), True), ((9, 0), True), ((10, 0), True)):
+        monkeypatch.setattr(backends, "device_capability", lambda device=None, cap=cap: cap)
+        if ok:
+            backends.check_hardware(T, cuda)
+        else:
+            with pytest.raises(RuntimeError, match="SM89"):
+                backends.check_hardware(T, cuda)
+    monkeypatch.setattr(backends, "is_interpreter", lambda: False)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        backends.check_hardware(T, torch.device("cpu"))
+
+
+def test_fa3_refuses_masks_triton_takes_them(providers, monkeypatch, fast_quant, gen):
+    fn = StandIn(False)
+    providers(flash_attn_interface=_module("flash_attn_interface", flash_attn_func=fn))
+    monkeypatch.setattr(backends, "_major", lambda device: 9)  # pretend SM90
+    q = randn(gen, 1, 2, 16, 64)
+    mask = torch.ones(1, 1, 1, 16, dtype=torch.bool, device=DEVICE)
+    with pytest.raises(ValueError, match="not supported by FP8_FA3"):
+        fp8_sdpa(q, q, q, attn_mask=mask)
+    assert not fn.calls
+    if DEVICE == "cpu":
+        out = fp8_sdpa(q, q, q, attn_mask=mask, backend="fp8_triton")
+        assert sqnr_db(out, sdpa_reference(q, q, q)) >= 24.0

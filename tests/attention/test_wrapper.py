@@ -242,3 +242,64 @@ def test_compiled_wrapper_fa3_inductor(gen, mode):
           f"vs bf16 model {sqnr_db(first[-1], want):.1f} dB")
     assert worst >= 40.0 and min(sqnr_db(out, eager2) for out in second) >= 40.0
     assert sqnr_db(first[-1], want) >= 20.0
+
+
+TRITON = AttentionBackend.FP8_TRITON
+
+
+def test_masked_backend_serves_masked_calls(gen, fast_quant):
+    """masked_backend=FP8_TRITON: the masked layer (padding & causal as a bool mask) runs in FP8 too,
+    counted apart; without it the same call falls back, as before."""
+    model, x, pad = _model(gen)
+    x, pad = x[:, :64], pad[:, :64].clone()
+    pad[1, 40:] = False
+    with torch.no_grad():
+        want = model(x, pad)
+        wrapped = apply_low_precision_attention(model, backend=REF, masked_backend=TRITON)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # nothing falls back: no warning
+            got = wrapped(x, pad)
+        plain = apply_low_precision_attention(model, backend=REF)
+        with pytest.warns(RuntimeWarning, match="masked_backend"):
+            plain(x, pad)
+    assert (wrapped.fp8_calls, wrapped.masked_fp8_calls, wrapped.fallback_calls) == (3, 1, 0)
+    assert (plain.fp8_calls, plain.masked_fp8_calls, plain.fallback_calls) == (3, 0, 1)
+    assert sqnr_db(got, want) >= 20.0, sqnr_db(got, want)
+    wrapped.reset_counters()
+    assert (wrapped.fp8_calls, wrapped.masked_fp8_calls, wrapped.fallback_calls) == (0, 0, 0)
+    with pytest.raises(ValueError, match="masked_backend must be one of"):
+        apply_low_precision_attention(model, masked_backend=AttentionBackend.FP8_FA3)
+
+
+def test_masked_backend_compiled_no_recompiles_counts_exact(gen, fast_quant):
+    model, x, pad = _model(gen, layers=((4, 2, False), (4, 4, True)))
+    x, pad = x[:, :64], pad[:, :64]
+    wrapped = apply_low_precision_attention(model, backend=REF, masked_backend=TRITON)
+    with torch.no_grad():
+        eager = wrapped(x, pad)
+        eager2 = wrapped(x[:, :32].contiguous(), pad[:, :32].contiguous())
+    assert (wrapped.fp8_calls, wrapped.masked_fp8_calls, wrapped.fallback_calls) == (2, 2, 0)
+    wrapped.reset_counters()
+    first, second = _compiled_calls(wrapped, x, pad, "aot_eager")
+    assert (wrapped.fp8_calls, wrapped.masked_fp8_calls, wrapped.fallback_calls) == (23, 23, 0)
+    for out in first:
+        assert torch.equal(out, eager)
+    for out in second:
+        assert torch.equal(out, eager2)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"], ids=["default", "reduce-overhead"])
+def test_masked_backend_gpu_inductor(gen, mode):
+    """FP8_TRITON for every call (masked ones too) under Inductor: no recompiles, counts exact."""
+    model, x, pad = _model(gen, layers=((4, 2, False), (4, 4, True)))
+    x, pad = x[:, :64].contiguous(), pad[:, :64].contiguous()
+    wrapped = apply_low_precision_attention(model, backend=TRITON, masked_backend=TRITON)
+    with torch.no_grad():
+        eager = wrapped(x, pad)
+        want = model(x, pad)
+    wrapped.reset_counters()
+    first, _ = _compiled_calls(wrapped, x, pad, "inductor", mode)
+    assert (wrapped.fp8_calls, wrapped.masked_fp8_calls, wrapped.fallback_calls) == (23, 23, 0)
+    assert min(sqnr_db(out, eager) for out in first) >= 40.0
+    assert sqnr_db(first[-1], want) >= 20.0

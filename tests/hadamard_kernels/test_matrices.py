@@ -37,8 +37,12 @@ def test_kron_matrices_are_hadamard(k, p):
     assert torch.equal(m, torch.kron(hadamard_k_matrix(k, torch.float64), sylvester_matrix(p, torch.float64)))
 
 
-def test_h40_is_kron_h2_h20():
-    assert torch.equal(hadamard_k_matrix(40), torch.kron(sylvester_matrix(2), hadamard_k_matrix(20)))
+def test_default_h_k_symmetry():
+    # fast-hadamard-transform's H_12 (Paley II, q = 5) is symmetric; its H_20, H_28, H_40 are not, so
+    # the K functions' backward (the transform with H_K^T) differs from the forward for those
+    assert torch.equal(hadamard_k_matrix(12), hadamard_k_matrix(12).T)
+    for k in (20, 28, 40):
+        assert not torch.equal(hadamard_k_matrix(k), hadamard_k_matrix(k).T)
 
 
 def test_split_size_and_ambiguity():
@@ -101,3 +105,18 @@ def test_matrices_are_fresh_and_large_ones_not_held():
 def test_is_hadamard_refuses_non_tensors():
     with pytest.raises(TypeError, match="torch.Tensor"):
         is_hadamard([[1, 1], [1, -1]])
+
+
+def test_padded_size():
+    from hadamard_kernels.matrices import padded_size
+
+    # K = 1: the next power of two, at least 2 (n = 1 is H_2 on (x, 0))
+    assert [padded_size(n) for n in (1, 2, 3, 4, 5, 17, 100, 1000, 1024, 3000)] == \
+        [2, 2, 4, 4, 8, 32, 128, 1024, 1024, 4096]
+    # K > 1: n = K * 2^m unpadded (2^m = 1, 2 included); otherwise the smallest K * 2^m, 2^m >= 4
+    assert [padded_size(n, 12) for n in (12, 24, 48, 96, 1, 13, 36, 49, 60, 100, 144, 12 * 1000)] == \
+        [1, 2, 4, 8, 4, 4, 4, 8, 8, 16, 16, 1024]
+    for k in HADAMARD_K:
+        for n in range(1, 4 * k + 50):
+            p = padded_size(n, k)
+            assert k * p >= n and (p & (p - 1)) == 0

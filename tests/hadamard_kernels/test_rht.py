@@ -1,4 +1,4 @@
-"""Sign vectors, the RHT matrix, and the rht / inverse_rht kernels against float64 references."""
+"""Sign vectors, the RHT matrix, the rht / inverse_rht kernels and their gradients against float64 references."""
 
 from __future__ import annotations
 
@@ -352,11 +352,205 @@ def test_inverse_rht_attention_layout(d, dtype, device, gen):
 
 
 def test_autograd_recording_goes_through_the_op(device, gen):
-    """With x.requires_grad the public function dispatches through the custom op (as it always did),
-    so autograd sees the op; without, the same numbers come from the direct launch."""
+    """With x.requires_grad the public function dispatches through the op (whose backward is
+    registered), so autograd records it; without, the same numbers come from the direct launch."""
     x = torch.randn(32, 16, generator=gen, device=device).to(torch.bfloat16)
     xg = x.clone().requires_grad_()
     y = rht(xg, DEFAULT_SIGN_VECTOR)
+    assert y.requires_grad and y.grad_fn is not None
     assert torch.equal(y.detach(), rht(x, DEFAULT_SIGN_VECTOR))
     with torch.no_grad():
         assert torch.equal(rht(xg, DEFAULT_SIGN_VECTOR), rht(x, DEFAULT_SIGN_VECTOR))
+        assert not rht(xg, DEFAULT_SIGN_VECTOR).requires_grad
+    with torch.inference_mode():
+        assert torch.equal(rht(xg, DEFAULT_SIGN_VECTOR), rht(x, DEFAULT_SIGN_VECTOR))
+
+
+# -------------------------------------------------------------------------------------- gradients
+# The gradient policy: rht / inverse_rht are orthogonal maps, so their backward is the other one on
+# the incoming gradient (same signs, axis, d), one more call of the same kernels.
+
+GRAD_CASES = [
+    # (shape, axis, d): both kernels (last axis = rows, other axes = columns), odd outer/inner sizes
+    ((5, 48), -1, 16),
+    ((3, 64, 7), 1, 32),
+    ((64, 3), 0, 64),
+    ((7, 24), -1, 8),        # d < 16: register path
+    ((2, 16, 5), -2, 4),
+]
+
+
+@pytest.mark.parametrize("inverse", [False, True], ids=["rht", "inverse_rht"])
+@pytest.mark.parametrize("shape, axis, d", GRAD_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_gradient_matches_float64_autograd(shape, axis, d, dtype, inverse, device, gen):
+    """x.grad against float64 autograd through the reference, on fresh random x and upstream grad:
+    within one rounding of the exact gradient (the fp32 bound for fp32), in x's dtype, and bit for
+    bit the other transform applied to the upstream gradient (the backward is that kernel call)."""
+    f, other = (inverse_rht, rht) if inverse else (rht, inverse_rht)
+    s = random_sign_vector(d, seed=d + 3 * len(shape))
+    x = torch.randn(shape, generator=gen, device=device).to(dtype).requires_grad_()
+    g = torch.randn(shape, generator=gen, device=device).to(dtype)
+    f(x, s, d, axis).backward(g)
+    x64 = x.detach().double().requires_grad_()
+    rht_ref(x64, s, d, axis, inverse=inverse).backward(g.double())
+    ref = x64.grad
+    assert x.grad.dtype == dtype and x.grad.shape == x.shape
+    assert rel_rms(x.grad, ref) <= _bound(ref, dtype, d), rel_rms(x.grad, ref)
+    # the exact gradient is the other transform of g (an orthogonal map's adjoint is its inverse)
+    torch.testing.assert_close(ref, rht_ref(g, s, d, axis, inverse=not inverse), rtol=0, atol=1e-12)
+    assert torch.equal(x.grad, other(g, s, d, axis))
+
+
+def test_gradient_of_non_contiguous_upstream_and_views(device, gen):
+    """y.sum() hands backward an expanded (stride-0) gradient; a transposed input and a transposed
+    upstream gradient: the backward makes them contiguous itself."""
+    d = 16
+    s = random_sign_vector(d, seed=2)
+    base = torch.randn(48, 6, generator=gen, device=device).requires_grad_()
+    x = base.t()  # (6, 48), not contiguous
+    rht(x, s, d, -1).sum().backward()
+    ones = torch.ones(6, 48, device=device)
+    assert torch.equal(base.grad, inverse_rht(ones, s, d, -1).t())
+    base.grad = None
+    g = torch.randn(48, 6, generator=gen, device=device).t()
+    rht(x, s, d, -1).backward(g)
+    assert torch.equal(base.grad, inverse_rht(g.contiguous(), s, d, -1).t())
+
+
+@pytest.mark.parametrize("axis, shape, d", [(-1, (3, 16), 8), (1, (1, 16, 3), 16), (0, (32, 2), 32)])
+def test_jacobian_is_the_rht_matrix_exactly(axis, shape, d, device):
+    """The hand-computed check (the kernels take no float64, so no float64 gradcheck): in fp32 the
+    forward of a one-hot input and the backward of a one-hot upstream gradient are exact (products
+    with +-1, one fp32 scale), so every entry of both Jacobians equals the float64 reference's
+    (+-1/sqrt(d) or 0) rounded once to fp32: J[i, j] = d y_j / d x_i of rht is kron(I, R) in x's
+    layout, its backward gives J^T row by row, and inverse_rht's are the transposes."""
+    s = random_sign_vector(d, seed=d + 1)
+    n = math.prod(shape)
+    basis = torch.eye(n, device=device)
+    want = torch.stack([rht_ref(e.reshape(shape), s, d, axis).reshape(-1) for e in basis.double()]).float()
+    assert set(want.abs().unique().tolist()) == {0.0, float(torch.tensor(1 / math.sqrt(d)).float())}
+    jac_fwd = torch.stack([rht(e.reshape(shape), s, d, axis).reshape(-1) for e in basis])
+    x = torch.zeros(shape, device=device, requires_grad=True)
+    y, yi = rht(x, s, d, axis), inverse_rht(x, s, d, axis)
+
+    def jac_bwd(out):  # row j: the gradient of out_j
+        return torch.stack([torch.autograd.grad(out, x, e.reshape(shape), retain_graph=True)[0].reshape(-1)
+                            for e in basis])
+
+    assert torch.equal(jac_fwd, want)
+    assert torch.equal(jac_bwd(y), want.t())
+    assert torch.equal(jac_bwd(yi), want)  # inverse_rht: Jacobian want^T, so its backward rows are want's
+
+
+@pytest.mark.parametrize("inverse, shape, axis", [(False, (2, 16), -1), (True, (16, 2), 0)],
+                         ids=["rht-rows", "inverse_rht-columns"])
+def test_gradcheck_fp32(inverse, shape, axis, device, gen):
+    """torch.autograd.gradcheck / gradgradcheck in fp32 (the kernels take no float64). The map is
+    linear, so central differences with eps = 1 are exact but for fp32 rounding of f(x +- 1):
+    the tolerances stay tight (a swapped or wrong backward is off by O(1)). Small shapes: every
+    perturbation is a kernel launch under the interpreter."""
+    f = inverse_rht if inverse else rht
+    s = SignVector(random_sign_vector(16, seed=9))
+    x = torch.randn(shape, generator=gen, device=device).requires_grad_()
+    fn = lambda t: f(t, s, 16, axis)  # noqa: E731
+    with pytest.warns(UserWarning, match="double precision"):
+        assert torch.autograd.gradcheck(fn, (x,), eps=1.0, atol=1e-5, rtol=1e-5)
+    with pytest.warns(UserWarning, match="double precision"):
+        assert torch.autograd.gradgradcheck(fn, (x,), eps=1.0, atol=1e-5, rtol=1e-5)
+
+
+def test_double_backward(device, gen):
+    """create_graph=True: the gradient inverse_rht(g) is itself differentiable (w.r.t. g)."""
+    d = 16
+    s = random_sign_vector(d, seed=4)
+    x = torch.randn(4, 32, generator=gen, device=device).requires_grad_()
+    g = torch.randn(4, 32, generator=gen, device=device).requires_grad_()
+    (gx,) = torch.autograd.grad(rht(x, s, d), x, g, create_graph=True)
+    w = torch.randn(4, 32, generator=gen, device=device)
+    (gg,) = torch.autograd.grad((gx * w).sum(), g)
+    assert torch.equal(gx.detach(), inverse_rht(g.detach(), s, d))
+    assert torch.equal(gg, rht(w, s, d))  # d/dg <inverse_rht(g), w> = rht(w)
+
+
+def test_backward_under_torch_compile(device, gen):
+    """register_autograd on the op keeps torch.compile working: a compiled forward + backward
+    (fullgraph, no recompile) gives the eager gradients bit for bit."""
+    import torch._dynamo
+
+    s = SignVector(DEFAULT_SIGN_VECTOR)
+    x = torch.randn(32, 48, generator=gen, device=device).to(torch.bfloat16).requires_grad_()
+    g = torch.randn(32, 48, generator=gen, device=device).to(torch.bfloat16)
+    fn = lambda t: inverse_rht(rht(t, s, 16, -1) * 2, s, 16, 0)  # noqa: E731
+    fn(x).backward(g)
+    want = x.grad.clone()
+    x.grad = None
+    torch._dynamo.reset()
+    backend = "inductor" if device == "cuda" else "aot_eager"
+    f = torch.compile(fn, fullgraph=True, dynamic=False, backend=backend)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(3):
+            x.grad = None
+            f(x).backward(g)
+            assert torch.equal(x.grad, want)
+    torch._dynamo.reset()
+
+
+# ------------------------------------------------------------------------------------ host path
+
+def test_size_bucket_is_the_runtime_bucket():
+    from hadamard_kernels.runtime import bucket
+
+    for n in list(range(1, 4100)) + [2 ** 31 - 1, 2 ** 31, 2 ** 31 + 1, 3 * 2 ** 40]:
+        assert rht_mod._size_bucket(n) == bucket(n).bit_length(), n
+
+
+@pytest.mark.parametrize("shape, axis, rows", [((3 * 97, 32), -1, True), ((32, 3 * 97), 0, False),
+                                               ((16 * 37, 1), 0, True)],
+                         ids=["rows", "columns", "size-1-inner-rows"])
+def test_eager_call_hands_the_input_itself_to_the_launch(shape, axis, rows, device, gen, monkeypatch):
+    """The eager path adds no per-call tensor work: a contiguous x reaches the launch as the same
+    tensor object (no view, reshape or copy), the grid is plain integers (no triton.cdiv, a JIT
+    function in triton 3.6) covering exactly the rows / inner columns, and an axis followed only by
+    size-1 dims uses the rows kernel."""
+    import triton
+
+    def no_cdiv(*a, **k):
+        raise AssertionError("triton.cdiv called on the host path")
+
+    x = torch.randn(shape, generator=gen, device=device).to(torch.bfloat16)
+    rht(x, DEFAULT_SIGN_VECTOR, 16, axis)  # warm: any compilation happens before the patch
+    monkeypatch.setattr(triton, "cdiv", no_cdiv)
+    seen = []
+    real_launch = rht_mod.launch
+
+    def spy(kernel, grid, args, consts, config=None):
+        meta = {"BLOCK_R": 64, "BLOCK_I": 64, "TILES": 4}
+        seen.append((kernel, args[0], grid(meta), consts))
+        return real_launch(kernel, grid, args, consts, config)
+
+    monkeypatch.setattr(rht_mod, "launch", spy)
+    y = rht(x, DEFAULT_SIGN_VECTOR, 16, axis)
+    (kernel, arg, grid, consts), = seen
+    assert arg is x
+    assert all(type(v) is int for v in grid)
+    if rows:
+        assert kernel is rht_mod._rht_rows and grid == ((x.numel() // 16 + 255) // 256,)
+    else:
+        assert kernel is rht_mod._rht_cols and grid == (2, (3 * 97 + 255) // 256)
+    assert consts == {"D": 16, "IS_FP32": False}
+    ref = rht_ref(x, DEFAULT_SIGN_VECTOR, 16, axis)
+    assert rel_rms(y, ref) <= _bound(ref, torch.bfloat16, 16)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the examples use CPU tensors, which run only under the interpreter: the CPU suite runs them")
+def test_docstring_examples_run():
+    import doctest
+
+    for f in (rht, inverse_rht):
+        tests = doctest.DocTestFinder(recurse=False).find(f, f.__name__, globs={"torch": torch, "rht": rht,
+                                                                                 "inverse_rht": inverse_rht})
+        assert tests and tests[0].examples
+        torch.manual_seed(0)
+        result = doctest.DocTestRunner().run(tests[0])
+        assert result.failed == 0 and result.attempted >= 3, (f.__name__, result)

@@ -310,6 +310,51 @@ def test_bad_sign_vectors(bad, device):
         rht_amax(x, bad.to(device) if isinstance(bad, torch.Tensor) else bad, 16, 0)
 
 
+def test_default_axis_is_the_columnwise_amax(device, gen):
+    """rht_amax defaults to axis=0 (the columnwise RHT amax of NVFP4 wgrad inputs), rht to axis=-1;
+    the docstring says why, and the default is the axis-0 contract bit for bit."""
+    import inspect
+
+    from hadamard_kernels import rht
+
+    assert inspect.signature(rht_amax).parameters["axis"].default == 0
+    assert inspect.signature(rht).parameters["axis"].default == -1
+    assert "columnwise" in rht_amax.__doc__ and "wgrad" in rht_amax.__doc__ and "axis=-1" in rht_amax.__doc__
+    x = torch.randn(48, 40, generator=gen, device=device).to(torch.bfloat16)
+    r, a = rht_amax(x)
+    rr, aa = rht_amax_contract(x, DEFAULT_SIGN_VECTOR, 16, 0)
+    assert _bits(r) == _bits(rr) and _bits(a) == _bits(aa)
+    with pytest.raises(ValueError, match="multiple of hadamard_dimension"):
+        rht_amax(torch.zeros(40, 48, device=device, dtype=torch.bfloat16))  # 40 rows: axis 0 by default
+
+
+def test_grad_is_refused_before_any_launch(device, gen, monkeypatch):
+    """The gradient policy: no backward, so ValueError (naming the fix) before any launch."""
+    x = torch.randn(32, 16, generator=gen, device=device).to(torch.bfloat16)
+    want = rht_amax(x)
+
+    def no_launch(*a, **k):
+        raise AssertionError("launched")
+
+    monkeypatch.setattr(ra, "launch", no_launch)
+    xg = x.clone().requires_grad_()
+    with pytest.raises(ValueError, match=r"rht_amax: x requires grad.*torch\.no_grad\(\) or \.detach\(\)"):
+        rht_amax(xg)
+    monkeypatch.undo()
+    with torch.no_grad():
+        got = rht_amax(xg)
+    assert _bits(got[0]) == _bits(want[0]) and _bits(got[1]) == _bits(want[1])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the examples use CPU tensors, which run only under the interpreter: the CPU suite runs them")
+def test_docstring_example_runs():
+    import doctest
+
+    (t,) = doctest.DocTestFinder(recurse=False).find(rht_amax, "rht_amax", globs={"torch": torch, "rht_amax": rht_amax})
+    result = doctest.DocTestRunner().run(t)
+    assert result.failed == 0 and result.attempted >= 3, result
+
+
 if __name__ == "__main__":  # the subprocess of test_every_amax_config_compiles
     import sys
 
