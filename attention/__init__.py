@@ -1,4 +1,5 @@
-"""FP8 attention over FlashAttention-3 / FlashAttention-4, and a module wrapper for models.
+"""FP8 attention over FlashAttention-3 / FlashAttention-4 or the library's own Triton kernel (FP8_TRITON,
+with masks), exact K/V smoothing, and a module wrapper for models.
 
 Public API: ``AttentionBackend``, ``HadamardMode`` (from ``fp8_quant``), ``fp8_sdpa``, ``fp8_rope_sdpa``,
 ``fp8_fa3_sdpa``, ``fp8_fa3_rope_sdpa``, ``fp8_fa4_sdpa``, ``fp8_fa4_rope_sdpa``,

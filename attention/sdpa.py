@@ -1,5 +1,6 @@
-"""FP8 scaled-dot-product attention: quantize with ``fp8_quant``, run an FP8 forward kernel (FA3, FA4
-or the float32 reference), rotate the output back when a Hadamard mode is on.
+"""FP8 scaled-dot-product attention: quantize with ``fp8_quant``, run an FP8 forward kernel (FA3, FA4, the
+library's Triton kernel FP8_TRITON, or the float32 reference), rotate the output back when a Hadamard
+mode is on, add V's mean back when ``smooth_v`` is on (``attention.smoothing``).
 
 Data flow of ``fp8_sdpa`` (BHSD in, BHSD out, as ``F.scaled_dot_product_attention``):
 
@@ -7,7 +8,7 @@ Data flow of ``fp8_sdpa`` (BHSD in, BHSD out, as ``F.scaled_dot_product_attentio
     quantize_qkv(layout="BSHD")           -> e4m3 payloads (B, S, H, D) contiguous + (B, H_kv) descales
                                              (the quantizer reads any strides; FA gets dense BSHD)
     attention::fp8_attention_fwd          -> bf16 output (B, S_q, H_q, D), contiguous BSHD
-    hadamard_transform(O', 1/sqrt(D)) * s -> only with a Hadamard mode (undoes V's rotation; Q K^T is
+    inverse_rht(O')                       -> only with a Hadamard mode (undoes V's rotation; Q K^T is
                                              invariant under the shared rotation of Q and K)
     .transpose(1, 2)                      -> a BHSD view of the BSHD buffer (as torch's flash SDPA
                                              returns; ``.transpose(1, 2).reshape(B, S, H * D)`` after it
@@ -22,8 +23,11 @@ to be exactly top-left: S_q < S_kv slices K/V to their first S_q rows (keys past
 S_q > S_kv runs queries [0, S_kv) causal and queries [S_kv, S_q) non-causal (they see every key) and
 concatenates. FP8_REFERENCE applies the top-left mask directly.
 
-No FP8 backward exists: calls with autograd recording and an input that requires grad are refused
-(use ``torch.no_grad()`` / ``torch.inference_mode()``).
+No FP8 backward exists: with grad mode on and an input that requires grad, calls are refused before
+any launch (call under ``torch.no_grad()`` or ``.detach()`` the inputs).
+
+Masks: FP8_TRITON and FP8_REFERENCE take ``attn_mask`` (boolean or additive, broadcastable to
+(B, H_q, S_q, S_kv)); FA3 / FA4 refuse it with a ValueError.
 """
 
 from __future__ import annotations
