@@ -6,7 +6,8 @@ implementation so one GPU run answers the design questions; ``python -m benchmar
 the kernel-choice tables (``hadamard_kernels/dispatch_table.py``) from its ``butterfly``/``matmul`` rows:
 
 - powers of two 16..32768 and K * 2^m in {12*1024, 20*1024, 28*512, 28*1024, 40*512}:
-  ``butterfly`` (the in-register butterfly kernel), ``matmul`` (the tensor-core kernel, bf16 hi/lo
+  ``butterfly`` (the in-register butterfly: on Hopper the Gluon kernel for powers of two, its note
+  says which), ``matmul`` (the tensor-core kernel, bf16 hi/lo
   split dots), ``auto`` (what ``hadamard_transform`` / ``hadamard_transform_<K>N`` run: the dispatch
   table);
 - n in {256, 4096, 32768}: ``torch-matmul``, dense ``x @ H`` in bf16 (a peer: fp32 accumulate; at
@@ -39,6 +40,7 @@ import torch
 from benchmarks import harness
 from benchmarks.harness import Case, Context
 from hadamard_kernels import hadamard as H
+from hadamard_kernels.gluon_butterfly import eligible as gluon_eligible
 from hadamard_kernels.matrices import hadamard_k_matrix, is_power_of_two
 from hadamard_kernels.reference import hadamard_transform_ref, rel_rms, rounding_bound
 
@@ -135,12 +137,18 @@ def _dense(n: int, rows: int, device: str) -> torch.Tensor:
     return _DENSE[n]
 
 
+def _butterfly_note(k: int, n: int, device: str) -> str:
+    """Which butterfly ran: the Gluon kernel (contiguous rows of 2^m on Hopper) or plain Triton."""
+    probe = torch.empty(0, device=device)
+    return "Gluon kernel" if k == 1 and gluon_eligible(probe, n, True) else "plain Triton"
+
+
 def _impls(k: int, n: int, rows: int, device: str,
            x: Callable[[], torch.Tensor]) -> list[tuple[str, Callable, str, bool]]:
     """(impl, fn, note, checkable) for one size."""
     hk = None if k == 1 else hadamard_k_matrix(k, torch.float32, device)
     out = [
-        ("butterfly", lambda: H.butterfly_hadamard(x(), 1.0, hk), "", True),
+        ("butterfly", lambda: H.butterfly_hadamard(x(), 1.0, hk), _butterfly_note(k, n, device), True),
         ("matmul", lambda: H.matmul_hadamard(x(), 1.0, hk), "", True),
         ("auto", lambda: _K_PUBLIC[k](x(), 1.0), f"dispatch: {H._pick(n, k, torch.bfloat16)}", True),
     ]

@@ -1,0 +1,190 @@
+"""The Walsh-Hadamard transform of contiguous rows of n = 2^m elements (16 <= n <= 32768) on Hopper,
+written in Gluon (``triton.experimental.gluon``), where a kernel states its register layouts.
+
+Why a second butterfly. In plain Triton (``hadamard._fwht_butterfly_kernel``) the compiler picks a
+layout for every radix-2 stage, and each stage whose two elements sit in different threads moves the
+tile through shared memory or warp shuffles: 8 layout conversions at n = 256, 9 at n = 4096, which
+held it at 70-84% of the copy ceiling from n = 128 to 8192 on an H200. Here the stages are grouped:
+
+- A program owns T = 2^LOG_T consecutive elements of the flat input (T / n whole rows; the last
+  program's tail masked). Bit b of an element's index in the tile (row bits above the m column bits)
+  is mapped by a linear layout to one register, lane or warp bit of the program.
+- ``plan`` builds a chain of such layouts. L0, the load/store layout, puts bits 0..V-1 in registers
+  (16-byte vector loads), the next five on lanes (a warp reads 512 contiguous bytes), then warps
+  (row bits first) and registers. Each later layout holds the lowest column bits not yet transformed
+  in its registers.
+- In every layout, the stages of its register column bits run in-thread (reshape, permute, split,
+  join: register renaming, no data movement); ``gl.convert_layout`` moves the fp32 tile to the next
+  layout through shared memory, and a last conversion returns to L0 for a coalesced store. n <= 4096
+  with <= 64 values per thread: two conversions in all (n = 8192: three, or two with 128).
+
+Exact arithmetic as in the plain kernel: fp32 adds and subtracts, ``scale`` applied once, one
+rounding to the output dtype; the stages run in a different order (every order is exact in real
+arithmetic; fp32 rounding differs in the last bits). Gluon kernels do not run under Triton's CPU
+interpreter: there, and for other sizes, strided rows, padded rows and the K * 2^m transforms, the
+plain-Triton kernel runs (the same function, ``hadamard.butterfly_hadamard``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+
+from hadamard_kernels.runtime import autotune_configs, autotune_do_bench, bucket, device_capability, is_interpreter, launch
+
+MIN_N = 16
+MAX_N = 32768
+MAX_REG_BITS = 7  # at most 128 fp32 values of the tile per thread
+
+
+def plan(log_n: int, log_t: int, warp_bits: int, vec_bits: int) -> Optional[list]:
+    """The layout chain of a program of 2^log_t elements (rows of 2^log_n), 2^warp_bits warps, loads
+    of 2^vec_bits elements: a list of (reg, lane, warp, stages), each a list of tile-index bits (reg:
+    the register bits, in order; stages: the column bits transformed in that layout), or None when
+    the tile does not fit (fewer than 2^vec_bits or more than 2^MAX_REG_BITS values per thread, a
+    tile smaller than a row, or a chain that cannot place every column bit in registers)."""
+    n_reg = log_t - 5 - warp_bits
+    if n_reg < vec_bits or n_reg > MAX_REG_BITS or log_t < log_n or log_t < vec_bits + 5:
+        return None
+    cols = set(range(log_n))
+    rest = list(range(vec_bits + 5, log_t))
+    warp0 = ([b for b in rest if b >= log_n] + [b for b in rest if b < log_n])[:warp_bits]
+    chain = [(list(range(vec_bits)) + [b for b in rest if b not in warp0], list(range(vec_bits, vec_bits + 5)), warp0)]
+    covered = cols & set(chain[0][0])
+    while covered != cols:
+        reg_prev, lane_prev, warp_prev = chain[-1]
+        reg = sorted(cols - covered)[:n_reg]
+        for b in reg_prev + lane_prev:  # fill with bits that need no more stages, not warp bits
+            if len(reg) < n_reg and b not in reg and (b not in cols or b in covered):
+                reg.append(b)
+        if len(reg) < n_reg:
+            return None
+        warp = [b for b in warp_prev if b not in reg]
+        free = [b for b in range(log_t) if b not in reg and b not in warp]
+        warp += free[:warp_bits - len(warp)]
+        lane = [b for b in range(log_t) if b not in reg and b not in warp]
+        chain.append((sorted(reg), lane, warp))
+        covered |= set(reg) & cols
+    done: set = set()
+    out = []
+    for reg, lane, warp in chain:
+        stages = sorted((set(reg) & cols) - done)
+        done |= set(stages)
+        out.append((reg, lane, warp, stages))
+    return out
+
+
+@gluon.constexpr_function
+def _chain(log_n, log_t, num_warps, vec_bits):
+    return plan(log_n, log_t, num_warps.bit_length() - 1, vec_bits)
+
+
+@gluon.constexpr_function
+def _chain_length(log_n, log_t, num_warps, vec_bits):
+    return len(_chain(log_n, log_t, num_warps, vec_bits))
+
+
+@gluon.constexpr_function
+def _layout(log_n, log_t, num_warps, vec_bits, i):
+    reg, lane, warp, _ = _chain(log_n, log_t, num_warps, vec_bits)[i]
+    return gl.DistributedLinearLayout([[1 << b] for b in reg], [[1 << b] for b in lane],
+                                      [[1 << b] for b in warp], [], [1 << log_t])
+
+
+@gluon.constexpr_function
+def _stage_mask(log_n, log_t, num_warps, vec_bits, i):
+    return sum(1 << s for s in _chain(log_n, log_t, num_warps, vec_bits)[i][3])
+
+
+@gluon.jit
+def _stages(y, T: gl.constexpr, LOG_N: gl.constexpr, MASK: gl.constexpr):
+    # Radix-2 stages on the tile bits set in MASK (each a register bit of y's layout): stage s pairs
+    # element q*2h + r with q*2h + h + r (h = 2^s) as (a + b, a - b).
+    for s in gl.static_range(LOG_N):
+        if (MASK >> s) & 1:
+            y = y.reshape([T >> (s + 1), 2, 1 << s]).permute((0, 2, 1))
+            a, b = y.split()
+            y = gl.join(a + b, a - b).permute((0, 2, 1)).reshape([T])
+    return y
+
+
+@gluon.jit
+def _fwht_gluon_kernel(x_ptr, out_ptr, M, scale, M_BUCKET,
+                       LOG_N: gl.constexpr, VEC_BITS: gl.constexpr, LOG_T: gl.constexpr):
+    # x, out: M contiguous rows of N = 2^LOG_N elements. One program: the T = 2^LOG_T elements
+    # pid * T.. (T / N whole rows) as a 1-d fp32 tile (T / (32 * num_warps) values per thread);
+    # stages in the layouts of ``plan``; out = (x H_N) * scale, one rounding.
+    NW: gl.constexpr = gl.num_warps()
+    T: gl.constexpr = 1 << LOG_T
+    L0: gl.constexpr = _layout(LOG_N, LOG_T, NW, VEC_BITS, 0)
+    offs = gl.program_id(0).to(gl.int64) * T + gl.arange(0, T, layout=L0).to(gl.int64)
+    mask = offs < M.to(gl.int64) * (1 << LOG_N)
+    y = gl.load(x_ptr + offs, mask=mask, other=0.0).to(gl.float32)
+    y = _stages(y, T, LOG_N, _stage_mask(LOG_N, LOG_T, NW, VEC_BITS, 0))
+    for i in gl.static_range(1, _chain_length(LOG_N, LOG_T, NW, VEC_BITS)):
+        y = gl.convert_layout(y, _layout(LOG_N, LOG_T, NW, VEC_BITS, i))
+        y = _stages(y, T, LOG_N, _stage_mask(LOG_N, LOG_T, NW, VEC_BITS, i))
+    y = gl.convert_layout(y, L0)
+    gl.store(out_ptr + offs, (y * scale).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# --- Autotune: LOG_T (log2 tile) and warps, listed as (log2 values per thread, warps). Measured on
+# an H200 (bf16, 256 MiB), the best tiles held 32-64 values per thread: n = 128..1024 T = 1-2K (1-2
+# warps), 2048 T = 4K, 4096 and 8192 T = 8K. The prune keeps the configs whose plan exists with T
+# between n and max(4n, 2048) (<= 5 per size); none left (LOWPREC_AUTOTUNE=first keeps one config):
+# the first feasible one of the full list.
+_CONFIGS = [
+    triton.Config({"LOG_T": r + 5 + w.bit_length() - 1}, num_warps=w, num_stages=1)
+    for r, w in ((5, 2), (5, 1), (6, 2), (6, 4), (5, 8), (6, 8), (5, 16), (6, 16), (7, 8))
+]
+
+
+def _fits(config, log_n: int, vec_bits: int) -> bool:
+    log_t = config.kwargs["LOG_T"]
+    return log_t <= max(log_n + 2, 11) and plan(log_n, log_t, config.num_warps.bit_length() - 1, vec_bits) is not None
+
+
+def _prune(configs, named_args, **kwargs):
+    args = {**named_args, **kwargs}
+    log_n, vec_bits = args["LOG_N"], args["VEC_BITS"]
+    kept = [c for c in configs if _fits(c, log_n, vec_bits)][:5]
+    return kept or [next(c for c in _CONFIGS if _fits(c, log_n, vec_bits))]
+
+
+_gluon_tuned = triton.autotune(do_bench=autotune_do_bench, configs=autotune_configs(_CONFIGS),
+                               key=["LOG_N", "VEC_BITS", "M_BUCKET"],
+                               prune_configs_by={"early_config_prune": _prune})(_fwht_gluon_kernel)
+
+
+@functools.lru_cache(maxsize=8)
+def _hopper(index: int) -> bool:
+    return device_capability(index)[0] >= 9
+
+
+def eligible(x: torch.Tensor, n: int, flat: bool) -> bool:
+    """True when this kernel runs the K = 1 transform of x: a CUDA tensor on Hopper or newer (where
+    it was measured), not under the interpreter, rows contiguous and n apart (``flat``), n a power of
+    two in [16, 32768]."""
+    return (flat and x.is_cuda and MIN_N <= n <= MAX_N and n & (n - 1) == 0 and not is_interpreter()
+            and _hopper(x.device.index if x.device.index is not None else torch.cuda.current_device()))
+
+
+_VEC_BITS = {torch.float32: 2, torch.float16: 3, torch.bfloat16: 3}  # 16-byte loads
+
+
+def gluon_launch(x: torch.Tensor, out: torch.Tensor, m: int, scale: float,
+                 config: Optional[triton.Config] = None) -> None:
+    """out = (x H_n) * scale for m contiguous rows of n (``eligible``), autotuned (or ``config``)."""
+    n = x.shape[-1]
+    consts = {"LOG_N": n.bit_length() - 1, "VEC_BITS": _VEC_BITS[x.dtype]}
+
+    def grid(meta):
+        t = 1 << meta["LOG_T"]
+        return ((m * n + t - 1) // t,)
+
+    launch(_gluon_tuned, grid, (x, out, m, float(scale), bucket(m)), consts, config)

@@ -1,0 +1,155 @@
+"""The Gluon butterfly (``hadamard_kernels.gluon_butterfly``): its layout plans on CPU (every plan a
+valid layout chain that transforms each column bit once, in registers), the routing rules, and on a
+Hopper GPU the kernel itself against the float64 reference for every power of two from 16 to 32768,
+every dtype, odd row counts, every config the prune keeps (NaN-poisoned outputs: conftest).
+
+Accuracy bound as in test_hadamard.py: 16-bit outputs within 1.1x one rounding of the exact result;
+fp32 1.1 x sqrt(1 + log2 n) x one rounding (one possible rounding per addition on an element's path).
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import hadamard_kernels.gluon_butterfly as G
+import hadamard_kernels.hadamard as H
+from hadamard_kernels.reference import hadamard_transform_ref, rel_rms, rounding_bound
+
+LOG_NS = range(4, 16)  # n = 16 .. 32768
+
+
+def _all_plans():
+    for log_n in LOG_NS:
+        for vec_bits in (2, 3):
+            for warp_bits in range(0, 5):
+                for log_t in range(log_n, log_n + 6):
+                    p = G.plan(log_n, log_t, warp_bits, vec_bits)
+                    if p is not None:
+                        yield log_n, log_t, warp_bits, vec_bits, p
+
+
+def test_plans_are_valid_layout_chains():
+    count = 0
+    for log_n, log_t, warp_bits, vec_bits, chain in _all_plans():
+        count += 1
+        where = (log_n, log_t, warp_bits, vec_bits)
+        staged = []
+        for i, (reg, lane, warp, stages) in enumerate(chain):
+            # a linear layout of the tile: every index bit exactly once, 32 lanes, 2^warp_bits warps
+            assert sorted(reg + lane + warp) == list(range(log_t)), where
+            assert len(lane) == 5 and len(warp) == warp_bits, where
+            assert vec_bits <= len(reg) <= G.MAX_REG_BITS, where
+            assert set(stages) <= set(reg) and all(s < log_n for s in stages), where  # in-thread stages
+            staged += stages
+        reg0, lane0, _, _ = chain[0]
+        assert reg0[:vec_bits] == list(range(vec_bits)), where  # 16-byte vector loads
+        assert lane0 == list(range(vec_bits, vec_bits + 5)), where  # a warp reads contiguous bytes
+        assert sorted(staged) == list(range(log_n)), where  # each column bit transformed exactly once
+    assert count > 100
+
+
+def test_two_layouts_up_to_4096():
+    # the design's claim: for n <= 4096 some config with <= 64 values per thread needs one layout
+    # change out and one back
+    for log_n in range(4, 13):
+        lengths = [len(p) for ln, lt, wb, vb, p in _all_plans() if ln == log_n and vb == 3 and lt - 5 - wb <= 6]
+        assert lengths and min(lengths) == 2, (log_n, lengths)
+
+
+def _emulate(x: np.ndarray, chain, log_n: int) -> np.ndarray:
+    """The kernel's arithmetic on a float32 tile of whole rows: radix-2 stages in the chain's order."""
+    y = x.astype(np.float32).reshape(-1)
+    t = y.size
+    for *_, stages in chain:
+        for s in stages:
+            v = y.reshape(t >> (s + 1), 2, 1 << s)
+            a, b = v[:, 0, :].copy(), v[:, 1, :].copy()
+            y = np.stack([a + b, a - b], axis=1).reshape(-1)
+    return y.reshape(x.shape)
+
+
+@pytest.mark.parametrize("log_n", [4, 7, 8, 10, 12, 13])
+def test_plan_order_computes_the_transform(log_n):
+    n = 1 << log_n
+    x = np.random.default_rng(log_n).standard_normal((2, n))  # the stage order is the same for every row
+    ref = hadamard_transform_ref(torch.from_numpy(x)).numpy()
+    for ln, log_t, warp_bits, vec_bits, chain in _all_plans():
+        if ln != log_n:
+            continue
+        got = _emulate(x, chain, log_n)
+        err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+        assert err < 1.1 * math.sqrt(1 + log_n) * 2.0 ** -24 * 2, (log_n, log_t, warp_bits, vec_bits, err)
+
+
+@pytest.mark.parametrize("log_n", LOG_NS)
+@pytest.mark.parametrize("vec_bits", [2, 3])
+def test_prune_always_leaves_a_config(log_n, vec_bits):
+    kept = G._prune(G._CONFIGS, {"LOG_N": log_n, "VEC_BITS": vec_bits})
+    assert 1 <= len(kept) <= 5
+    for c in kept:
+        assert G.plan(log_n, c.kwargs["LOG_T"], c.num_warps.bit_length() - 1, vec_bits) is not None
+    # LOWPREC_AUTOTUNE=first hands the prune one config that may not fit: it still finds one
+    assert len(G._prune(G._CONFIGS[:1], {"LOG_N": log_n, "VEC_BITS": vec_bits})) == 1
+
+
+def test_routing_rules(device):
+    x = torch.zeros(4, 256, device=device)
+    assert not G.eligible(x, 300, True)  # not a power of two
+    assert not G.eligible(x, 8, True)  # below 16
+    assert not G.eligible(x, 256, False)  # rows not contiguous
+    if device == "cpu":
+        assert not G.eligible(x, 256, True)  # the interpreter runs plain Triton
+        with pytest.raises(ValueError, match="Gluon kernel"):
+            H._launch(x, 1.0, None, "gluon")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("log_n", LOG_NS)
+def test_gluon_accuracy(dtype, log_n, gen):
+    if not G.eligible(torch.zeros(1, device="cuda"), 1 << log_n, True):
+        pytest.skip("the Gluon kernel runs on sm90+")
+    n = 1 << log_n
+    for rows in (1, 3, max(5, (1 << 21) // n) + 1):  # one row, a partial tile, many tiles
+        x = torch.randn((rows, n), generator=gen, device="cuda", dtype=torch.float32).to(dtype)
+        scale = 1.37 / math.sqrt(n)
+        out = H._launch(x, scale, None, "gluon")
+        ref = hadamard_transform_ref(x, scale)
+        one = rounding_bound(ref, dtype)
+        bound = 1.1 * one * (math.sqrt(1 + log_n) if dtype == torch.float32 else 1.0)
+        assert torch.isfinite(out).all(), (n, rows)
+        assert rel_rms(out, ref) <= bound, (n, rows, dtype, rel_rms(out, ref), bound)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("log_n", [4, 8, 12, 13, 15])
+def test_gluon_every_kept_config(log_n, gen):
+    if not G.eligible(torch.zeros(1, device="cuda"), 1 << log_n, True):
+        pytest.skip("the Gluon kernel runs on sm90+")
+    n = 1 << log_n
+    x = torch.randn((37, n), generator=gen, device="cuda", dtype=torch.bfloat16)
+    ref = hadamard_transform_ref(x, 0.5)
+    for config in G._prune(G._CONFIGS, {"LOG_N": log_n, "VEC_BITS": 3}):
+        out = H._launch(x, 0.5, None, "gluon", config)
+        assert rel_rms(out, ref) <= 1.1 * rounding_bound(ref, torch.bfloat16), (n, config)
+
+
+@pytest.mark.cuda
+def test_public_functions_route_to_gluon(gen, monkeypatch):
+    if not G.eligible(torch.zeros(1, device="cuda"), 1024, True):
+        pytest.skip("the Gluon kernel runs on sm90+")
+    calls = []
+    real = G.gluon_launch
+    monkeypatch.setattr(H, "gluon_launch", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    x = torch.randn((5, 1024), generator=gen, device="cuda", dtype=torch.bfloat16)
+    H.butterfly_hadamard(x)
+    H.butterfly_hadamard(x[:, :512])  # strided rows: plain Triton
+    H.butterfly_hadamard(torch.randn((5, 1000), generator=gen, device="cuda"))  # padded: plain Triton
+    assert calls == [x.shape]
+    # the same numbers through both kernels, up to fp32 reordering before the one rounding
+    plain = H._launch(x, 1.0, None, "butterfly", H._BUTTERFLY_CONFIGS[0])
+    ref = hadamard_transform_ref(x)
+    assert rel_rms(H.butterfly_hadamard(x), ref) <= 1.1 * rounding_bound(ref, torch.bfloat16)
+    assert rel_rms(plain, ref) <= 1.1 * rounding_bound(ref, torch.bfloat16)
