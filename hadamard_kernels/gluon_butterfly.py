@@ -42,7 +42,8 @@ MAX_N = 32768
 MAX_REG_BITS = 7  # at most 128 fp32 values of the tile per thread
 
 
-def plan(log_n: int, log_t: int, warp_bits: int, vec_bits: int) -> Optional[list]:
+@gluon.constexpr_function  # called by the kernel's layout functions, and from Python (prune, tests)
+def plan(log_n, log_t, warp_bits, vec_bits):  # no annotations: Triton hashes this body
     """The layout chain of a program of 2^log_t elements (rows of 2^log_n), 2^warp_bits warps, loads
     of 2^vec_bits elements: a list of (reg, lane, warp, stages), each a list of tile-index bits (reg:
     the register bits, in order; stages: the column bits transformed in that layout), or None when
@@ -70,7 +71,7 @@ def plan(log_n: int, log_t: int, warp_bits: int, vec_bits: int) -> Optional[list
         lane = [b for b in range(log_t) if b not in reg and b not in warp]
         chain.append((sorted(reg), lane, warp))
         covered |= set(reg) & cols
-    done: set = set()
+    done = set()
     out = []
     for reg, lane, warp in chain:
         stages = sorted((set(reg) & cols) - done)
@@ -123,7 +124,7 @@ def _fwht_gluon_kernel(x_ptr, out_ptr, M, scale, M_BUCKET,
     T: gl.constexpr = 1 << LOG_T
     L0: gl.constexpr = _layout(LOG_N, LOG_T, NW, VEC_BITS, 0)
     offs = gl.program_id(0).to(gl.int64) * T + gl.arange(0, T, layout=L0).to(gl.int64)
-    mask = offs < M.to(gl.int64) * (1 << LOG_N)
+    mask = offs < gl.to_tensor(M).to(gl.int64) * (1 << LOG_N)  # M == 1 arrives as a Python int
     y = gl.load(x_ptr + offs, mask=mask, other=0.0).to(gl.float32)
     y = _stages(y, T, LOG_N, _stage_mask(LOG_N, LOG_T, NW, VEC_BITS, 0))
     for i in gl.static_range(1, _chain_length(LOG_N, LOG_T, NW, VEC_BITS)):
