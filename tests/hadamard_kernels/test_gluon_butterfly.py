@@ -4,7 +4,8 @@ Hopper GPU the kernel itself against the float64 reference for every power of tw
 every dtype, odd row counts, every config the prune keeps (NaN-poisoned outputs: conftest).
 
 Accuracy bound as in test_hadamard.py: 16-bit outputs within 1.1x one rounding of the exact result;
-fp32 1.1 x sqrt(1 + log2 n) x one rounding (one possible rounding per addition on an element's path).
+fp32 1.1 x sqrt(1 + log2 n) x one rounding (one possible rounding per addition on an element's path)
+on samples of >= 65536 elements (a statistical bound), and on every sample the worst case per element.
 """
 
 import math
@@ -92,6 +93,9 @@ def test_prune_always_leaves_a_config(log_n, vec_bits):
         assert G.plan(log_n, c.kwargs["LOG_T"], c.num_warps.bit_length() - 1, vec_bits) is not None
     # LOWPREC_AUTOTUNE=first hands the prune one config that may not fit: it still finds one
     assert len(G._prune(G._CONFIGS[:1], {"LOG_N": log_n, "VEC_BITS": vec_bits})) == 1
+    # ...and with one config Triton's autotuner skips the prune: the launcher passes this one instead
+    fit = G._first_fit(log_n, vec_bits)
+    assert G.plan(log_n, fit.kwargs["LOG_T"], fit.num_warps.bit_length() - 1, vec_bits) is not None
 
 
 def test_routing_rules(device):
@@ -117,9 +121,15 @@ def test_gluon_accuracy(dtype, log_n, gen):
         scale = 1.37 / math.sqrt(n)
         out = H._launch(x, scale, None, "gluon")
         ref = hadamard_transform_ref(x, scale)
-        one = rounding_bound(ref, dtype)
-        bound = 1.1 * one * (math.sqrt(1 + log_n) if dtype == torch.float32 else 1.0)
         assert torch.isfinite(out).all(), (n, rows)
+        if dtype == torch.float32:
+            # worst case per element (log2 n rounded adds of values bounded by the row's L1 norm, the
+            # scale): holds on any sample; the RMS bound below is statistical, so only on large ones
+            l1 = x.double().abs().sum(-1, keepdim=True) * scale
+            assert ((out.double() - ref).abs() <= (log_n + 2) * 2.0 ** -24 * l1).all(), (n, rows)
+            if rows * n < 1 << 16:
+                continue
+        bound = 1.1 * rounding_bound(ref, dtype) * (math.sqrt(1 + log_n) if dtype == torch.float32 else 1.0)
         assert rel_rms(out, ref) <= bound, (n, rows, dtype, rel_rms(out, ref), bound)
 
 
