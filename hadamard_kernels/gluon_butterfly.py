@@ -1,4 +1,4 @@
-"""The Walsh-Hadamard transform of contiguous rows of n = 2^m elements (16 <= n <= 32768) on Hopper,
+"""The Walsh-Hadamard transform of contiguous rows of n = 2^m elements (16 <= n <= 32768) on Hopper (sm90),
 written in Gluon (``triton.experimental.gluon``), where a kernel states its register layouts.
 
 Why a second butterfly. In plain Triton (``hadamard._fwht_butterfly_kernel``) the compiler picks a
@@ -16,7 +16,7 @@ held it at 70-84% of the copy ceiling from n = 128 to 8192 on an H200. Here the 
 - In every layout, the stages of its register column bits run in-thread (reshape, permute, split,
   join: register renaming, no data movement); ``gl.convert_layout`` moves the fp32 tile to the next
   layout through shared memory, and a last conversion returns to L0 for a coalesced store. n <= 4096
-  with <= 64 values per thread: two conversions in all (n = 8192: three, or two with 128).
+  with <= 64 values per thread: two conversions in all; the configs kept for n >= 8192 take three.
 
 Exact arithmetic as in the plain kernel: fp32 adds and subtracts, ``scale`` applied once, one
 rounding to the output dtype; the stages run in a different order (every order is exact in real
@@ -177,9 +177,10 @@ _COMPILED = not is_interpreter()  # decided at import, like @triton.jit itself
 
 
 def eligible(x: torch.Tensor, n: int, flat: bool) -> bool:
-    """True when this kernel runs the K = 1 transform of x: a CUDA tensor on Hopper or newer (where
-    it was measured), not under the interpreter, rows contiguous and n apart (``flat``), n a power of
-    two in [16, 32768]. A few hundred nanoseconds: it runs on every eager call."""
+    """True when this kernel runs the K = 1 transform of x: a CUDA tensor on an NVIDIA sm90 GPU (Hopper,
+    where it was measured; other GPUs run the plain-Triton kernel), not under the interpreter, rows
+    contiguous and n apart (``flat``), n a power of two in [16, 32768]. A few hundred nanoseconds: it
+    runs on every eager call."""
     return flat and n in _SIZES and _COMPILED and x.is_cuda and _hopper(x.get_device())
 
 

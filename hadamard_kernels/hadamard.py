@@ -8,7 +8,7 @@ real columns masked and store only those, no padded copy is made.
 Both kernels hold BLOCK_M whole rows per program as a [BLOCK_M, KP, P] fp32 register tile (KP = K
 rounded up to a power of two, masked) and round once at the store. Butterfly: H_P as log2(P) radix-2
 stages (reshape/permute/split/join), the K mix as a sum over the K axis; on Hopper, contiguous rows of
-n = 2^m (16..32768) eagerly run its Gluon twin instead (``gluon_butterfly``: two layout changes).
+n = 2^m (16..32768) eagerly run its Gluon twin instead (``gluon_butterfly``: 2-3 layout changes in all).
 Matmul (HadaCore): H_P = H_F1 (x) H_F2 (x) H_F3 (F in 16..128), one ``tl.dot`` per factor, the K mix
 one more dot against H_K^T; operands split into bf16 pieces (hi + lo, fp32: hi + mid + lo) whose
 products with +-1 are exact, fp32 accumulation; P < 16 uses butterfly stages.
@@ -234,17 +234,14 @@ _matmul_tuned = triton.autotune(do_bench=autotune_do_bench,
 
 # --- Launcher (the seam) ---------------------------------------------------------------------
 
-
 def _factors(p: int) -> tuple[int, int, int]:
     """P = F1 * F2 * F3 with each used factor a power of two in 16..128 (F2 = F3 = 1 when unused)."""
     log_p = p.bit_length() - 1
     if p < 16 or log_p <= 7:
         return p, 1, 1
     if log_p <= 14:
-        a = log_p // 2
-        return 1 << a, 1 << (log_p - a), 1
-    a = log_p // 3
-    b = (log_p - a) // 2
+        return 1 << (log_p // 2), 1 << (log_p - log_p // 2), 1
+    a, b = log_p // 3, (log_p - log_p // 3) // 2
     return 1 << a, 1 << b, 1 << (log_p - a - b)
 
 
@@ -304,10 +301,13 @@ def _launch(x: torch.Tensor, scale: float, h_k: Optional[torch.Tensor], kernel: 
     xr, m, r1, s0, s1 = _as_rows(x)
     flat = k == 1 and n == p and r1 == 1 and (m == 1 or s0 == n)  # K == 1, unpadded, rows N apart
     if (kernel == "gluon" or (kernel == "butterfly" and config is None)) and not traced and gluon_eligible(x, n, flat):
+        if config is not None and "LOG_T" not in config.kwargs:
+            raise ValueError(f"kernel 'gluon' takes a LOG_T config (gluon_butterfly._CONFIGS), got {config}")
         gluon_launch(xr, out, m, float(scale), config)
         return out
     if kernel == "gluon":
-        raise ValueError(f"the Gluon kernel runs contiguous CUDA rows of n = 2^m in [16, 32768] on sm90+, eagerly; got n={n}")
+        raise ValueError(f"the Gluon kernel runs eagerly (traced={traced}) on contiguous CUDA rows of n = 2^m in "
+                         f"[16, 32768] on sm90; got n={n}, shape {tuple(x.shape)}, device {x.device}")
     consts = _consts(kernel, n, k, p, x.dtype == torch.float32, flat)  # FLAT: one 1-d load per program
     row = consts["KP"] * p
     hk = xr if h_k is None else h_k.to(torch.float32).contiguous()  # K == 1: x as the unread H_K pointer
@@ -397,9 +397,7 @@ def _pick(n: int, k: int, dtype: torch.dtype) -> str:
     """The table's kernel for the (padded) size K * P and dtype, else DEFAULT; matmul only within its row limit."""
     p = padded_size(n, k)
     kernel = DISPATCH.get((p, dtype), DEFAULT) if k == 1 else DISPATCH_K.get((k, k * p, dtype), DEFAULT)
-    if kernel == "matmul" and _padded_k(k) * p > MATMUL_MAX_ROW:
-        kernel = "butterfly"
-    return kernel
+    return "butterfly" if kernel == "matmul" and _padded_k(k) * p > MATMUL_MAX_ROW else kernel
 
 
 def _check_hk(h_k, k: Optional[int], device: torch.device, name: str) -> int:
@@ -460,8 +458,7 @@ def hadamard_transform(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     return _run(_pick(n, 1, x.dtype), x, _as_scale(scale, "hadamard_transform"), None)
 
 
-# Under torch.compile dynamo traces through this cache: the compiled graph rebuilds H_K on every
-# call (a known cost of the K * 2^m transforms under compile; see benchmarks/NOTES.md).
+# Under torch.compile the graph rebuilds H_K from this cache on every call (benchmarks/NOTES.md).
 @functools.lru_cache(maxsize=16)
 def _default_hk(k: int, device: torch.device) -> torch.Tensor:
     return hadamard_k_matrix(k, torch.float32, device)
