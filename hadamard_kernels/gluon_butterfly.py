@@ -50,7 +50,7 @@ def plan(log_n, log_t, warp_bits, vec_bits):  # no annotations: Triton hashes th
     the tile does not fit (fewer than 2^vec_bits or more than 2^MAX_REG_BITS values per thread, a
     tile smaller than a row, or a chain that cannot place every column bit in registers)."""
     n_reg = log_t - 5 - warp_bits
-    if n_reg < vec_bits or n_reg > MAX_REG_BITS or log_t < log_n or log_t < vec_bits + 5:
+    if n_reg < max(vec_bits, 1) or n_reg > MAX_REG_BITS or log_t < log_n or log_t < vec_bits + 5:
         return None
     cols = set(range(log_n))
     rest = list(range(vec_bits + 5, log_t))
@@ -168,8 +168,8 @@ _gluon_tuned = triton.autotune(do_bench=autotune_do_bench, configs=autotune_conf
 
 
 @functools.lru_cache(maxsize=8)
-def _hopper(index: int) -> bool:
-    return device_capability(index)[0] >= 9
+def _hopper(index: int) -> bool:  # NVIDIA sm90: where it was measured (32-lane warps; not ROCm)
+    return torch.version.hip is None and device_capability(index)[0] == 9
 
 
 _SIZES = frozenset(1 << i for i in range(MIN_N.bit_length() - 1, MAX_N.bit_length()))

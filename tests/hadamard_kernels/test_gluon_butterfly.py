@@ -113,6 +113,24 @@ def test_routing_rules(device):
             H._launch(x, 1.0, None, "gluon")
 
 
+def test_plan_refuses_tiles_without_registers():
+    assert G.plan(4, 10, 5, 0) is None  # 32 lanes x 32 warps hold 1024 elements, none in registers
+    assert G.plan(12, 12, 5, 3) is None  # 4 values per thread: below one 16-byte vector
+
+
+def test_measured_gpus_only(monkeypatch):
+    # NVIDIA sm90 only (where it was measured): not sm80, sm100/sm120, nor ROCm (64-lane warps)
+    try:
+        for cap, hip, want in (((9, 0), None, True), ((8, 0), None, False), ((10, 0), None, False),
+                               ((12, 0), None, False), ((9, 4), "6.2", False)):
+            G._hopper.cache_clear()
+            monkeypatch.setattr(G, "device_capability", lambda index, cap=cap: cap)
+            monkeypatch.setattr(torch.version, "hip", hip)
+            assert G._hopper(0) is want, (cap, hip)
+    finally:
+        G._hopper.cache_clear()
+
+
 @pytest.fixture
 def gluon_calls(monkeypatch):
     """Pretend the Gluon kernel is eligible wherever rows are flat and record its launches (the rest of
