@@ -24,6 +24,7 @@ from attention import triton_fp8 as T
 from attention.reference import sqnr_db
 from attention.sdpa import _reference_fwd
 from tests.conftest import DEVICE, HAS_CUDA
+from tests.isolated_configs import check_configs, run_configs
 
 SMALL = T._cfg(32, 32, 4, 2)  # several key blocks at CPU sizes
 # Kernel vs reference where no running max moves. The interpreter's dots are exact fp32 sums of exact
@@ -394,21 +395,17 @@ def _check_configs(d: int, use_tma: bool, start: int = 0) -> None:
     mask = (torch.arange(1500, device="cuda") < 1200)[None, None, None]  # key padding (fast path)
     runs = [(causal, m, f64_sdpa(*args, 0.1, causal, m)) for causal, m in ((True, None), (False, mask))]
     ref_db = [sqnr_db(_reference_fwd(*args, 0.1, causal, m), want) for causal, m, want in runs]
-    for i, cfg in enumerate(T.configs_for(d)):
-        if i < start:
-            continue
-        print(f"START {i} {cfg}", flush=True)
-        try:
-            for (causal, m, want), ref in zip(runs, ref_db):
-                out = T._triton_fp8_launch(*args, 0.1, causal, m, config=cfg, use_tma=use_tma)
-                torch.cuda.synchronize()
-                db = sqnr_db(out, want)
-                if not db >= ref - 1.0:
-                    raise AssertionError(f"SQNR {db:.2f} dB (causal={causal}, reference {ref:.2f} dB)")
-            print(f"OK {i}", flush=True)
-        except Exception as e:  # reported to the parent test, which fails on any FAIL line
-            print(f"FAIL {i} {type(e).__name__}: {e}".replace("\n", " ")[:400], flush=True)
-    print("DONE", flush=True)
+
+    def check(cfg):
+        for (causal, m, want), ref in zip(runs, ref_db):
+            out = T._triton_fp8_launch(*args, 0.1, causal, m, config=cfg, use_tma=use_tma)
+            torch.cuda.synchronize()
+            db = sqnr_db(out, want)
+            if not db >= ref - 1.0:
+                return f"SQNR {db:.2f} dB (causal={causal}, reference {ref:.2f} dB)"
+        return None
+
+    check_configs(T.configs_for(d), start, check)
 
 
 @pytest.mark.cuda
@@ -417,20 +414,8 @@ def _check_configs(d: int, use_tma: bool, start: int = 0) -> None:
 def test_every_config_compiles_and_matches(d, use_tma):
     """Every config that fits d, through the seam, in a subprocess (a compiler abort kills only it;
     the run restarts after the crashed config). A failure names the config: drop it from CONFIGS."""
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    configs = T.configs_for(d)
-    failures, start = [], 0
-    while start < len(configs):
-        cmd = [sys.executable, "-m", "tests.attention.test_triton_fp8", str(d), str(int(use_tma)), str(start)]
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-        lines = proc.stdout.splitlines()
-        failures += [f"{configs[int(ln.split()[1])]}: {ln}" for ln in lines if ln.startswith("FAIL")]
-        if "DONE" in lines:
-            break
-        started = [int(ln.split()[1]) for ln in lines if ln.startswith("START")]
-        crashed = started[-1] if started else start
-        failures.append(f"{configs[crashed]}: process died (rc={proc.returncode}): {proc.stderr[-400:]}")
-        start = crashed + 1
+    command = lambda start: [sys.executable, "-m", "tests.attention.test_triton_fp8", str(d), str(int(use_tma)), str(start)]  # noqa: E731
+    failures = run_configs(command, T.configs_for(d), timeout=600)
     assert not failures, "\n".join(failures)
 
 

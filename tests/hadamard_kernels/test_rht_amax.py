@@ -206,24 +206,12 @@ def test_every_amax_config_compiles(axis, d, use_tma):
     the subprocess restarted after it. A failure names the config: drop it from AMAX_COLS_CONFIGS /
     AMAX_ROWS_CONFIGS."""
     import os
-    import subprocess
     import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    configs = ra.amax_configs(axis, d)
-    failures, start = [], 0
-    while start < len(configs):
-        cmd = [sys.executable, os.path.abspath(__file__), str(axis), str(d), str(int(use_tma)), str(start)]
-        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
-        lines = proc.stdout.splitlines()
-        failures += [f"{configs[int(ln.split()[1])]}: {ln}" for ln in lines if ln.startswith("FAIL")]
-        if "DONE" in lines:
-            break
-        started = [int(ln.split()[1]) for ln in lines if ln.startswith("START")]
-        crashed = started[-1] if started else start
-        failures.append(f"{configs[crashed]}: process died (rc={proc.returncode}): {proc.stderr[-400:]}")
-        start = crashed + 1
+    from tests.isolated_configs import run_configs
+
+    command = lambda start: [sys.executable, os.path.abspath(__file__), str(axis), str(d), str(int(use_tma)), str(start)]  # noqa: E731
+    failures = run_configs(command, ra.amax_configs(axis, d), timeout=300)
     assert not failures, "\n".join(failures)
 
 
@@ -235,19 +223,15 @@ def _check_configs(axis: int, d: int, use_tma: bool, start: int = 0) -> None:
     x = torch.randn(2048, 4096, generator=g, device="cuda").to(torch.bfloat16)
     sv = SignVector(random_sign_vector(d, seed=d))
     rr, aa = rht_amax_contract(x, sv, d, axis)
-    for i, cfg in enumerate(ra.amax_configs(axis, d)):
-        if i < start:
-            continue
-        print(f"START {i} {cfg}", flush=True)
-        try:
-            r, a = ra._rht_amax_launch(x, sv, axis, config=cfg, use_tma=use_tma)
-            torch.cuda.synchronize()
-            ok = _bits(r) == _bits(rr) and _bits(a) == _bits(aa)
-            print(f"OK {i}" if ok else f"FAIL {i} wrong result {r.item()} vs {rr.item()}", flush=True)
-        except Exception as e:  # reported to the parent test, which fails on any FAIL line
-            msg = f"{type(e).__name__}: {e}".replace("\n", " ")[:400]
-            print(f"FAIL {i} {msg}", flush=True)
-    print("DONE", flush=True)
+
+    def check(cfg):
+        r, a = ra._rht_amax_launch(x, sv, axis, config=cfg, use_tma=use_tma)
+        torch.cuda.synchronize()
+        return None if _bits(r) == _bits(rr) and _bits(a) == _bits(aa) else f"wrong result {r.item()} vs {rr.item()}"
+
+    from tests.isolated_configs import check_configs
+
+    check_configs(ra.amax_configs(axis, d), start, check)
 
 
 @pytest.mark.cuda
