@@ -44,6 +44,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fp8_quant import gluon_kernels as GK
+from fp8_quant.gluon_kernels import eligible as gluon_eligible
 from hadamard_kernels.runtime import autotune_do_bench, autotune_configs, launch, next_power_of_2, num_sms
 from hadamard_kernels.triton_helpers import abs_bits, butterfly_stages, e4m3_scales, to_e4m3
 
@@ -371,7 +373,7 @@ def _consts(d: int, chunk: int, layout: str, rope: bool, interleaved: bool, comp
 
 def quantize_launch(tensors: Sequence[torch.Tensor], group: int, cos: Optional[torch.Tensor],
                     sin: Optional[torch.Tensor], spec: "QuantSpec", *, chunk_s: Optional[int] = None,
-                    config: Optional[triton.Config] = None) -> tuple:
+                    config: Optional[triton.Config] = None, kernel: str = "auto") -> tuple:
     """Quantize ``tensors`` = [q] or [q, k, v] (validated by the caller, in ``spec.layout``); Q's scale is
     shared by ``group`` consecutive heads. Returns ([payloads], [descales (B, H_kv)]), and when
     ``spec.smooth_k`` or ``spec.smooth_v`` (three tensors only) a third item (k_mean, v_mean): the
@@ -379,7 +381,9 @@ def quantize_launch(tensors: Sequence[torch.Tensor], group: int, cos: Optional[t
     (``spec.rope``, cos/sin given) applies to Q and K, the Hadamard transform to Q and K if
     ``spec.had_qk``, to V if ``spec.had_v``, with ``spec.signs`` (or ones). ``chunk_s``: rows per
     S-chunk (a power of two >= 32); ``config``: the ``triton.Config`` both kernels run with (None:
-    autotuned). Tests and benchmarks only.
+    autotuned); ``kernel``: "triton" (these kernels), "gluon" (``fp8_quant.gluon_kernels``, the same
+    bits; ValueError where it cannot run) or "auto" (Gluon where ``gluon_kernels.eligible`` and no
+    config is given or the config is a Gluon one, else Triton). Tests and benchmarks only.
 
     Host work per call (it runs on every eager call): the payloads, the descales, the zeroed amax slots,
     two launches; with smoothing, two more buffers (chunk sums, means)."""
@@ -411,8 +415,20 @@ def quantize_launch(tensors: Sequence[torch.Tensor], group: int, cos: Optional[t
     if d == 0 or (s_q == 0 and s_kv == 0):
         return result
 
+    if kernel not in ("auto", "triton", "gluon"):
+        raise ValueError(f"kernel must be 'auto', 'triton' or 'gluon', got {kernel!r}")
+    use_gluon = kernel == "gluon" or (kernel == "auto" and (config is None or "LOG_T" in config.kwargs)
+                                      and gluon_eligible(tensors, d, smooth))
+    if use_gluon and not gluon_eligible(tensors, d, smooth):
+        raise ValueError(f"the Gluon quantizer runs on sm90 GPUs, compiled, for D a power of two in [16, 256] "
+                         f"with contiguous last dims and no smoothing; got D={d}, device {device}, smooth={smooth}")
+    if config is not None and ("LOG_T" in config.kwargs) != use_gluon:
+        raise ValueError(f"config {config} is not a config of the {'Gluon' if use_gluon else 'Triton'} kernels")
     chunk = _chunk_rows(b * (h_q * s_q + 2 * h_kv * s_kv), device, chunk_s)
-    if config is not None and config.kwargs["BLOCK_S"] > chunk:
+    if use_gluon:
+        if config is not None and (1 << config.kwargs["LOG_T"]) > chunk * d:
+            raise ValueError(f"config LOG_T={config.kwargs['LOG_T']} holds more rows than the chunk of {chunk}")
+    elif config is not None and config.kwargs["BLOCK_S"] > chunk:
         raise ValueError(f"config BLOCK_S={config.kwargs['BLOCK_S']} exceeds the chunk of {chunk} rows")
     nc_q, nc_kv = (s_q + chunk - 1) // chunk, (s_kv + chunk - 1) // chunk
     n_q, n_k = b * h_q * nc_q, (b * h_kv * nc_kv if qkv else 0)
@@ -430,6 +446,10 @@ def quantize_launch(tensors: Sequence[torch.Tensor], group: int, cos: Optional[t
     consts, consts_quant = _consts(d, chunk, layout, spec.rope, spec.interleaved, spec.compact_cs, spec.had_qk,
                                    spec.had_v, spec.signs is not None, spec.smooth_k, spec.smooth_v)
     grid = (n_q + 2 * n_k,)
+    if use_gluon:
+        _gluon_launch(grid, (q_arg, k_arg, v_arg, out_arg, sizes, ds_buf, rope, sign), n_t * n_groups, layout,
+                      consts, config)
+        return result
     # |x| bits (max = 0.0), then with smoothing the (K, V) x group x (max y, max -y) x D key slots
     slots = torch.zeros(n_t * n_groups + (4 * n_groups * d if smooth else 0), dtype=torch.int32, device=device)
     sums = torch.empty(2 * n_k * d, dtype=torch.float32, device=device) if smooth else ds_buf
@@ -437,3 +457,19 @@ def quantize_launch(tensors: Sequence[torch.Tensor], group: int, cos: Optional[t
     launch(_qkv_amax_kernel, grid, (q_arg, k_arg, v_arg, sizes, bufs, rope, sign), consts, config)
     launch(_qkv_quant_kernel, grid, (q_arg, k_arg, v_arg, out_arg, sizes, bufs, rope, sign), consts_quant, config)
     return result
+
+
+def _gluon_launch(grid, args, n_slots: int, layout: str, consts: dict, config) -> None:
+    """Both passes with ``fp8_quant.gluon_kernels`` (the same programs and bits; no smoothing).
+    args = (q, k, v, out, sizes, descales, rope, sign)."""
+    q_arg, k_arg, v_arg, out_arg, sizes, ds_buf, rope, sign = args
+    log_d = consts["LOG2_D"]
+    gconsts = dict(LOG_D=log_d, CHUNK_S=consts["CHUNK_S"], ROPE=consts["ROPE"], INTERLEAVED=consts["INTERLEAVED"],
+                   COMPACT_CS=consts["COMPACT_CS"], HAD_QK=consts["HAD_QK"], HAD_V=consts["HAD_V"],
+                   HAS_SIGN=consts["HAS_SIGN"], INV_SQRT_D=consts["INV_SQRT_D"], enable_fp_fusion=False)
+    if config is None and len(GK.amax_tuned.configs) == 1:  # Triton skips the prune for one config
+        config = GK.first_fit(log_d, consts["CHUNK_S"])
+    slots = torch.zeros(n_slots, dtype=torch.int32, device=ds_buf.device)  # |x| bits, max = 0.0
+    launch(GK.amax_tuned, grid, (q_arg, k_arg, v_arg, sizes, slots, rope, sign), gconsts, config)
+    launch(GK.quant_tuned, grid, (q_arg, k_arg, v_arg, out_arg, sizes, slots, ds_buf, rope, sign),
+           {**gconsts, "LAYOUT": layout}, config)

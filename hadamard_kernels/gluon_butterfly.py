@@ -13,15 +13,17 @@ held it at 70-84% of the copy ceiling from n = 128 to 8192 on an H200. Here the 
   (16-byte vector loads), the next five on lanes (a warp reads 512 contiguous bytes), then warps
   (row bits first) and registers. Each later layout holds the lowest column bits not yet transformed
   in its registers.
-- In every layout, the stages of its register column bits run in-thread (reshape, permute, split,
-  join: register renaming, no data movement); ``gl.convert_layout`` moves the fp32 tile to the next
-  layout through shared memory, and a last conversion returns to L0 for a coalesced store. n <= 4096
-  with <= 64 values per thread: two conversions in all; the configs kept for n >= 8192 take three.
+- Stages run in ascending bit order, the plain kernel's: each layout transforms the run of next
+  column bits it holds in registers (reshape, permute, split, join: register renaming, no data
+  movement); ``gl.convert_layout`` moves the fp32 tile to the next layout through shared memory, and
+  a last conversion returns to L0, where the highest column bits (L0's own register bits) are
+  transformed before the coalesced store. n <= 4096 with <= 64 values per thread: two conversions in
+  all; the configs kept for n >= 8192 take three.
 
-Exact arithmetic as in the plain kernel: fp32 adds and subtracts, ``scale`` applied once, one
-rounding to the output dtype; the stages run in a different order (every order is exact in real
-arithmetic; fp32 rounding differs in the last bits). Gluon kernels do not run under Triton's CPU
-interpreter: there, and for other sizes, strided rows, padded rows and the K * 2^m transforms, the
+Same arithmetic as the plain kernel, in the same order: fp32 adds and subtracts with half-sizes 1, 2,
+..., n/2, ``scale`` applied once, one rounding to the output dtype, so both kernels give the same bits
+(tested on the GPU). Gluon kernels do not run under Triton's CPU interpreter: there, and for other
+sizes, strided rows, padded rows and the K * 2^m transforms, the
 plain-Triton kernel runs (the same function, ``hadamard.butterfly_hadamard``).
 """
 
@@ -46,7 +48,8 @@ MAX_REG_BITS = 7  # at most 128 fp32 values of the tile per thread
 def plan(log_n, log_t, warp_bits, vec_bits):  # no annotations: Triton hashes this body
     """The layout chain of a program of 2^log_t elements (rows of 2^log_n), 2^warp_bits warps, loads
     of 2^vec_bits elements: a list of (reg, lane, warp, stages), each a list of tile-index bits (reg:
-    the register bits, in order; stages: the column bits transformed in that layout), or None when
+    the register bits, in order; stages: the column bits transformed in that layout, ascending over
+    the chain; the last entry is L0 again, the store layout), or None when
     the tile does not fit (fewer than 2^vec_bits or more than 2^MAX_REG_BITS values per thread, a
     tile smaller than a row, or a chain that cannot place every column bit in registers)."""
     n_reg = log_t - 5 - warp_bits
@@ -71,39 +74,44 @@ def plan(log_n, log_t, warp_bits, vec_bits):  # no annotations: Triton hashes th
         lane = [b for b in range(log_t) if b not in reg and b not in warp]
         chain.append((sorted(reg), lane, warp))
         covered |= set(reg) & cols
-    done = set()
+    # Stages in ascending bit order (the plain kernel's order, so both give the same bits): each layout
+    # takes the run of next column bits it holds in registers; L0's high column bits wait for the
+    # final return to L0, appended as the chain's last entry.
     out = []
-    for reg, lane, warp in chain:
-        stages = sorted((set(reg) & cols) - done)
-        done |= set(stages)
+    done = 0
+    for reg, lane, warp in chain + chain[:1]:
+        stages = []
+        while done < log_n and done in reg:
+            stages.append(done)
+            done += 1
         out.append((reg, lane, warp, stages))
-    return out
+    return out if done == log_n else None
 
 
 @gluon.constexpr_function
-def _chain(log_n, log_t, num_warps, vec_bits):
+def chain(log_n, log_t, num_warps, vec_bits):
     return plan(log_n, log_t, num_warps.bit_length() - 1, vec_bits)
 
 
 @gluon.constexpr_function
-def _chain_length(log_n, log_t, num_warps, vec_bits):
-    return len(_chain(log_n, log_t, num_warps, vec_bits))
+def chain_length(log_n, log_t, num_warps, vec_bits):
+    return len(chain(log_n, log_t, num_warps, vec_bits))
 
 
 @gluon.constexpr_function
-def _layout(log_n, log_t, num_warps, vec_bits, i):
-    reg, lane, warp, _ = _chain(log_n, log_t, num_warps, vec_bits)[i]
+def chain_layout(log_n, log_t, num_warps, vec_bits, i):
+    reg, lane, warp, _ = chain(log_n, log_t, num_warps, vec_bits)[i]
     return gl.DistributedLinearLayout([[1 << b] for b in reg], [[1 << b] for b in lane],
                                       [[1 << b] for b in warp], [], [1 << log_t])
 
 
 @gluon.constexpr_function
-def _stage_mask(log_n, log_t, num_warps, vec_bits, i):
-    return sum(1 << s for s in _chain(log_n, log_t, num_warps, vec_bits)[i][3])
+def stage_mask(log_n, log_t, num_warps, vec_bits, i):
+    return sum(1 << s for s in chain(log_n, log_t, num_warps, vec_bits)[i][3])
 
 
 @gluon.jit
-def _stages(y, T: gl.constexpr, LOG_N: gl.constexpr, MASK: gl.constexpr):
+def radix2_stages(y, T: gl.constexpr, LOG_N: gl.constexpr, MASK: gl.constexpr):
     # Radix-2 stages on the tile bits set in MASK (each a register bit of y's layout): stage s pairs
     # element q*2h + r with q*2h + h + r (h = 2^s) as (a + b, a - b).
     for s in gl.static_range(LOG_N):
@@ -122,15 +130,14 @@ def _fwht_gluon_kernel(x_ptr, out_ptr, M, scale, M_BUCKET,
     # stages in the layouts of ``plan``; out = (x H_N) * scale, one rounding.
     NW: gl.constexpr = gl.num_warps()
     T: gl.constexpr = 1 << LOG_T
-    L0: gl.constexpr = _layout(LOG_N, LOG_T, NW, VEC_BITS, 0)
+    L0: gl.constexpr = chain_layout(LOG_N, LOG_T, NW, VEC_BITS, 0)
     offs = gl.program_id(0).to(gl.int64) * T + gl.arange(0, T, layout=L0).to(gl.int64)
     mask = offs < gl.to_tensor(M).to(gl.int64) * (1 << LOG_N)  # M == 1 arrives as a Python int
     y = gl.load(x_ptr + offs, mask=mask, other=0.0).to(gl.float32)
-    y = _stages(y, T, LOG_N, _stage_mask(LOG_N, LOG_T, NW, VEC_BITS, 0))
-    for i in gl.static_range(1, _chain_length(LOG_N, LOG_T, NW, VEC_BITS)):
-        y = gl.convert_layout(y, _layout(LOG_N, LOG_T, NW, VEC_BITS, i))
-        y = _stages(y, T, LOG_N, _stage_mask(LOG_N, LOG_T, NW, VEC_BITS, i))
-    y = gl.convert_layout(y, L0)
+    y = radix2_stages(y, T, LOG_N, stage_mask(LOG_N, LOG_T, NW, VEC_BITS, 0))
+    for i in gl.static_range(1, chain_length(LOG_N, LOG_T, NW, VEC_BITS)):
+        y = gl.convert_layout(y, chain_layout(LOG_N, LOG_T, NW, VEC_BITS, i))
+        y = radix2_stages(y, T, LOG_N, stage_mask(LOG_N, LOG_T, NW, VEC_BITS, i))  # the last layout is L0
     gl.store(out_ptr + offs, (y * scale).to(out_ptr.dtype.element_ty), mask=mask)
 
 

@@ -47,20 +47,23 @@ def test_plans_are_valid_layout_chains():
         reg0, lane0, _, _ = chain[0]
         assert reg0[:vec_bits] == list(range(vec_bits)), where  # 16-byte vector loads
         assert lane0 == list(range(vec_bits, vec_bits + 5)), where  # a warp reads contiguous bytes
-        assert sorted(staged) == list(range(log_n)), where  # each column bit transformed exactly once
+        assert chain[-1][:3] == chain[0][:3], where  # back to L0 for the store
+        # each column bit transformed exactly once, in ascending order: the plain kernel's order
+        assert staged == list(range(log_n)), where
     assert count > 100
 
 
 @pytest.mark.parametrize("vec_bits", [2, 3])
 def test_two_layouts_up_to_4096(vec_bits):
     # the design's claim: for n <= 4096 the autotuner's configs include one with <= 64 values per
-    # thread and one layout change out and one back; above, every kept config takes two out
+    # thread and one layout change out and one back (a chain of L0, L1, L0); above, every kept config
+    # takes two out
     for log_n in LOG_NS:
         chains = [(c, G.plan(log_n, c.kwargs["LOG_T"], c.num_warps.bit_length() - 1, vec_bits))
                   for c in G._prune(G._CONFIGS, {"LOG_N": log_n, "VEC_BITS": vec_bits})]
-        two = [c for c, p in chains if len(p) == 2 and c.kwargs["LOG_T"] - 5 - (c.num_warps.bit_length() - 1) <= 6]
+        two = [c for c, p in chains if len(p) == 3 and c.kwargs["LOG_T"] - 5 - (c.num_warps.bit_length() - 1) <= 6]
         assert bool(two) == (log_n <= 12), (log_n, [(c.kwargs, c.num_warps, len(p)) for c, p in chains])
-        assert all(len(p) <= 3 for _, p in chains)
+        assert all(len(p) <= 4 for _, p in chains)
 
 
 def _emulate(x: np.ndarray, chain, log_n: int) -> np.ndarray:
@@ -202,6 +205,9 @@ def test_gluon_accuracy(dtype, log_n, gen):
         out = H._launch(x, scale, None, "gluon")
         ref = hadamard_transform_ref(x, scale)
         assert torch.isfinite(out).all(), (n, rows)
+        # the plain kernel's stage order: the same bits (eager and compiled calls agree)
+        plain = H._launch(x, scale, None, "butterfly", H._prune(H._BUTTERFLY_CONFIGS, {"KP": 1, "P": n})[0])
+        assert torch.equal(out, plain), (n, rows, dtype)
         if dtype == torch.float32:
             # worst case per element (log2 n rounded adds of values bounded by the row's L1 norm, the
             # scale): holds on any sample; the RMS bound below is statistical, so only on large ones
@@ -240,8 +246,6 @@ def test_public_functions_route_to_gluon(gen, monkeypatch):
     H.butterfly_hadamard(x[:, :512])  # strided rows: plain Triton
     H.butterfly_hadamard(torch.randn((5, 1000), generator=gen, device="cuda"))  # padded: plain Triton
     assert calls == [x.shape]
-    # both kernels within one rounding of the reference (their fp32 stage orders differ)
+    # the same bits from both kernels (the same fp32 stage order)
     plain = H._launch(x, 1.0, None, "butterfly", H._BUTTERFLY_CONFIGS[0])
-    ref = hadamard_transform_ref(x)
-    assert rel_rms(H.butterfly_hadamard(x), ref) <= 1.1 * rounding_bound(ref, torch.bfloat16)
-    assert rel_rms(plain, ref) <= 1.1 * rounding_bound(ref, torch.bfloat16)
+    assert torch.equal(H.butterfly_hadamard(x), plain)

@@ -1,0 +1,174 @@
+"""The Gluon quantizer (``fp8_quant.gluon_kernels``): on CPU its configs, the launcher's choice and
+refusals; on a Hopper GPU the same bytes and descales as the plain-Triton kernels and the reference
+for every head dim it takes, RoPE form, Hadamard mode, layout, GQA ratio, odd and partial S, strided
+inputs and every config the prune keeps (outputs NaN-poisoned: conftest).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import triton
+
+from fp8_quant import QuantizedQKV, quantize_qkv
+from fp8_quant import gluon_kernels as GK
+from fp8_quant import kernels as K
+from fp8_quant.quantize import QuantSpec
+from hadamard_kernels.signs import as_sign_vector
+from tests.fp8_quant.test_quantize import check_qkv, make_cos_sin, make_qkv
+
+F8 = torch.float8_e4m3fn
+
+
+def _gluon_here() -> bool:
+    return torch.cuda.is_available() and GK.eligible([torch.zeros(1, 128, device="cuda")], 128, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU: configs and the launcher
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("log_d", range(4, 9))
+@pytest.mark.parametrize("chunk", [32, 64, 128, 512])
+def test_prune_always_leaves_a_fitting_config(log_d, chunk):
+    kept = GK._prune(GK.CONFIGS, {"LOG_D": log_d, "CHUNK_S": chunk})
+    assert 1 <= len(kept) <= 5
+    for c in kept:
+        log_t = c.kwargs["LOG_T"]
+        assert log_t >= log_d and (1 << (log_t - log_d)) <= chunk  # whole rows, within one chunk
+        assert GK.plan(log_d, log_t, c.num_warps.bit_length() - 1, GK.VEC_BITS) is not None
+    fit = GK.first_fit(log_d, chunk)  # the one-config autotuner's choice (Triton skips the prune)
+    assert GK._fits(fit, log_d, chunk)
+
+
+def test_last_layout_index():
+    # D = 128: one layout change out (the stages end in L1), none back before the amax / the cast
+    for cfg in GK._prune(GK.CONFIGS, {"LOG_D": 7, "CHUNK_S": 128}):
+        w = cfg.num_warps
+        chain = GK.plan(7, cfg.kwargs["LOG_T"], w.bit_length() - 1, GK.VEC_BITS)
+        assert GK._last(7, cfg.kwargs["LOG_T"], w, True) == len(chain) - 2 == 1
+        assert GK._last(7, cfg.kwargs["LOG_T"], w, False) == 0
+
+
+def test_launcher_refusals(gen, device):
+    q, k, v = make_qkv(1, 2, 2, 40, 40, 64, "BHSD", gen, device)
+    spec = QuantSpec(had_qk=True, had_v=True)
+    with pytest.raises(ValueError, match="kernel must be"):
+        K.quantize_launch([q, k, v], 1, None, None, spec, kernel="cuda")
+    if not _gluon_here():
+        with pytest.raises(ValueError, match="Gluon quantizer runs on sm90"):
+            K.quantize_launch([q, k, v], 1, None, None, spec, kernel="gluon")
+    with pytest.raises(ValueError, match="not a config of the Triton kernels"):
+        K.quantize_launch([q, k, v], 1, None, None, spec, kernel="triton", config=GK.CONFIGS[0])
+    with pytest.raises(ValueError, match="not a config of the Triton kernels"):  # not eligible: Triton
+        K.quantize_launch([q, k, v], 1, None, None, QuantSpec(smooth_k=True), config=GK.CONFIGS[0])
+
+
+def test_routing(gen, device, monkeypatch):
+    # eligible calls without smoothing go to the Gluon launcher; smoothing and Triton configs do not
+    calls = []
+    monkeypatch.setattr(K, "gluon_eligible", lambda tensors, d, smooth: not smooth)
+    monkeypatch.setattr(K, "_gluon_launch", lambda *a: calls.append(a[3]))
+    q, k, v = make_qkv(1, 4, 2, 40, 33, 64, "BSHD", gen, device)
+    quantize_qkv(q, k, v, layout="BSHD", hadamard="qkv")
+    assert calls == ["BSHD"]
+    quantize_qkv(q, k, v, layout="BSHD", hadamard="qkv", smooth_k=True)
+    K.quantize_launch([q, k, v], 2, None, None, QuantSpec(layout="BSHD"),
+                      config=triton.Config({"BLOCK_S": 32}, num_warps=4, num_stages=2))
+    assert calls == ["BSHD"]
+
+
+def test_eligibility_rules(device):
+    x = torch.zeros(1, 2, 8, 128, device=device)
+    assert not GK.eligible([x], 96, False)  # not a power of two
+    assert not GK.eligible([x], 512, False)  # above 256
+    assert not GK.eligible([x], 128, True)  # smoothing: the Triton kernels
+    assert not GK.eligible([x.transpose(2, 3)], 128, False)  # last dim strided
+    if device == "cpu":
+        assert not GK.eligible([x], 128, False)  # the interpreter runs the Triton kernels
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU: the same bytes as the Triton kernels and the reference
+# ---------------------------------------------------------------------------------------------
+
+# (B, H_q, H_kv, S_q, S_kv, D, layout, rope, compact cos/sin, hadamard, signs)
+GLUON_CASES = [
+    (1, 4, 4, 300, 300, 16, "BHSD", None, False, "qkv", True),
+    (2, 4, 2, 77, 1000, 32, "BSHD", "neox", False, "qkv", False),
+    (1, 8, 1, 513, 129, 64, "BHSD", "interleaved", True, "v_only", True),
+    (2, 32, 8, 4096 + 77, 3000, 128, "BHSD", None, False, "none", False),
+    (1, 32, 32, 5000, 5000, 128, "BSHD", "neox", True, "qkv", True),
+    (1, 16, 4, 2048, 6001, 128, "BHSD", "interleaved", False, "qkv", False),
+    (1, 8, 8, 3333, 3333, 256, "BHSD", "neox", False, "qkv", True),
+    (1, 4, 1, 999, 70, 256, "BSHD", None, False, "v_only", False),
+]
+
+
+def _inputs(case, gen, dtype=torch.bfloat16):
+    b, hq, hkv, sq, skv, d, layout, rope, compact, mode, signed = case
+    q, k, v = make_qkv(b, hq, hkv, sq, skv, d, layout, gen, "cuda", dtype)
+    cos = sin = None
+    if rope:
+        cos, sin = make_cos_sin(max(sq, skv) + 3, d, gen, "cuda", rope == "interleaved", compact)
+    signs = None
+    if signed:
+        signs = (torch.randint(0, 2, (d,), generator=gen, device="cuda") * 2 - 1).to(torch.float32)
+    spec = QuantSpec(layout=layout, rope=rope is not None, interleaved=rope == "interleaved",
+                     compact_cs=compact, had_qk=mode == "qkv", had_v=mode != "none",
+                     signs=None if signs is None else as_sign_vector(signs, d))
+    return (q, k, v), cos, sin, spec, hq // hkv, mode, signs
+
+
+def _assert_same(a, b, what):
+    (oa, da), (ob, db) = a[:2], b[:2]
+    for x, y, name in zip(oa + da, ob + db, ("q", "k", "v", "q_descale", "k_descale", "v_descale")):
+        x = x.view(torch.uint8) if x.dtype == F8 else x
+        y = y.view(torch.uint8) if y.dtype == F8 else y
+        assert torch.equal(x, y), f"{what}: {name} differs ({int((x != y).sum())} of {x.numel()})"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", GLUON_CASES, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_gluon_equals_triton_and_reference(case, dtype, gen):
+    if not _gluon_here():
+        pytest.skip("the Gluon quantizer runs on sm90")
+    qkv, cos, sin, spec, group, mode, signs = _inputs(case, gen, dtype)
+    got = K.quantize_launch(list(qkv), group, cos, sin, spec, kernel="gluon")
+    want = K.quantize_launch(list(qkv), group, cos, sin, spec, kernel="triton")
+    _assert_same(got, want, case)
+    check_qkv(QuantizedQKV(*got[0], *got[1]), *qkv, layout=spec.layout, cos=cos, sin=sin,
+              interleaved=spec.interleaved, mode=mode, sign=signs)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_gluon_every_kept_config(d, gen):
+    if not _gluon_here():
+        pytest.skip("the Gluon quantizer runs on sm90")
+    case = (1, 4, 2, 700, 333, d, "BSHD", "neox", False, "qkv", True)
+    qkv, cos, sin, spec, group, _, _ = _inputs(case, gen)
+    want = K.quantize_launch(list(qkv), group, cos, sin, spec, chunk_s=128, kernel="triton")
+    for cfg in GK._prune(GK.CONFIGS, {"LOG_D": d.bit_length() - 1, "CHUNK_S": 128}):
+        got = K.quantize_launch(list(qkv), group, cos, sin, spec, chunk_s=128, config=cfg)
+        _assert_same(got, want, (d, cfg))
+
+
+@pytest.mark.cuda
+def test_gluon_strided_and_non_finite(gen):
+    if not _gluon_here():
+        pytest.skip("the Gluon quantizer runs on sm90")
+    # rows read in place from wider tensors (row stride 136 elements: the compiler cannot assume
+    # 16-byte aligned rows)
+    big = torch.randn(2, 3, 500, 136, generator=gen, device="cuda").to(torch.bfloat16)
+    q, k, v = big[..., :128], big[:, :1, :, 8:], big[:, 1:2, :, :128]
+    spec = QuantSpec(had_qk=True, had_v=True)
+    _assert_same(K.quantize_launch([q, k, v], 3, None, None, spec, kernel="gluon"),
+                 K.quantize_launch([q, k, v], 3, None, None, spec, kernel="triton"), "strided")
+    # NaN and Inf follow the non-finite policy of the Triton kernels, bit for bit
+    q2, k2, v2 = (t.clone() for t in (q, k, v))
+    q2[0, 0, 7, 3] = float("nan")
+    k2[1, 0, 100, 0] = float("inf")
+    _assert_same(K.quantize_launch([q2, k2, v2], 3, None, None, spec, kernel="gluon"),
+                 K.quantize_launch([q2, k2, v2], 3, None, None, spec, kernel="triton"), "non-finite")
