@@ -123,9 +123,11 @@ def _inputs(case, gen, dtype=torch.bfloat16):
 def _assert_same(a, b, what):
     (oa, da), (ob, db) = a[:2], b[:2]
     for x, y, name in zip(oa + da, ob + db, ("q", "k", "v", "q_descale", "k_descale", "v_descale")):
-        x = x.view(torch.uint8) if x.dtype == F8 else x
-        y = y.view(torch.uint8) if y.dtype == F8 else y
-        assert torch.equal(x, y), f"{what}: {name} differs ({int((x != y).sum())} of {x.numel()})"
+        if x.dtype == F8:  # payload bytes, NaN codes included
+            x, y = x.view(torch.uint8), y.view(torch.uint8)
+            assert torch.equal(x, y), f"{what}: {name} differs ({int((x != y).sum())} of {x.numel()})"
+        else:  # descales: equal values, NaN where the other has NaN
+            torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True, msg=f"{what}: {name} differs")
 
 
 @pytest.mark.cuda
