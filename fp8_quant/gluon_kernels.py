@@ -35,7 +35,7 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
-from hadamard_kernels.gluon_butterfly import chain_layout, chain_length, plan, radix2_stages, stage_mask
+from hadamard_kernels.gluon_butterfly import chain, chain_layout, chain_length, plan, radix2_stages, stage_mask
 from hadamard_kernels.runtime import autotune_configs, autotune_do_bench, device_capability, is_interpreter
 
 VEC_BITS = 3  # 8 bf16/fp16 values: 16-byte loads
@@ -51,6 +51,15 @@ def _last(log_d, log_t, num_warps, had):
         return 0
     n = chain_length(log_d, log_t, num_warps, VEC_BITS)
     return n - 1 if stage_mask(log_d, log_t, num_warps, VEC_BITS, n - 1) else n - 2
+
+
+@gluon.constexpr_function
+def _pairs_layout(log_d, log_t, num_warps):
+    # L0 of a T / 2 tile whose element k stands for the pair 2k, 2k + 1 of L0: bit 0 (a register bit of
+    # L0) dropped, every other bit one lower; gl.join(a, a) of it is L0 again
+    reg, lane, warp, _ = chain(log_d, log_t, num_warps, VEC_BITS)[0]
+    return gl.DistributedLinearLayout([[1 << (b - 1)] for b in reg if b], [[1 << (b - 1)] for b in lane],
+                                      [[1 << (b - 1)] for b in warp], [], [1 << (log_t - 1)])
 
 
 @gluon.jit
@@ -75,16 +84,24 @@ def _transformed(x, base, s0, S, rope, sign_ptr, LOG_D: gl.constexpr, LOG_T: gl.
             a, b = y.reshape([T // 2, 2]).split()
             p = gl.convert_layout(gl.join(b, a).reshape([T]), L0)  # the same layout: no data moves
             neg = (cols % 2) == 0
-            ccols = cols // 2 if COMPACT_CS else cols
         else:
             # partner column c +- D/2, written so that the compiler sees 8-element runs (vector loads)
             neg = cols < D // 2
             pcols = gl.where(neg, cols + D // 2, cols - D // 2)
             p = gl.load(x[0] + row_off + pcols, mask=mask, other=0.0).to(gl.float32)
-            ccols = cols % (D // 2) if COMPACT_CS else cols
-        cs_off = rows.to(gl.int64) * rope[2] + ccols * rope[3]
-        c = gl.load(rope[0] + cs_off, mask=mask, other=0.0).to(gl.float32)
-        s = gl.load(rope[1] + cs_off, mask=mask, other=0.0).to(gl.float32)
+        if INTERLEAVED and COMPACT_CS:  # columns 2k, 2k + 1 share angle k: load T / 2, repeat in registers
+            LH: gl.constexpr = _pairs_layout(LOG_D, LOG_T, NW)
+            hidx = gl.arange(0, T // 2, layout=LH)
+            hrows = s0 + hidx // (D // 2)
+            cs_off = hrows.to(gl.int64) * rope[2] + (hidx % (D // 2)) * rope[3]
+            c = gl.load(rope[0] + cs_off, mask=hrows < S, other=0.0).to(gl.float32)
+            s = gl.load(rope[1] + cs_off, mask=hrows < S, other=0.0).to(gl.float32)
+            c = gl.convert_layout(gl.join(c, c).reshape([T]), L0)  # the same layout: no data moves
+            s = gl.convert_layout(gl.join(s, s).reshape([T]), L0)
+        else:  # idx % (D / 2), not cols % (D / 2): the compiler then sees 8-element runs (vector loads)
+            cs_off = rows.to(gl.int64) * rope[2] + ((idx % (D // 2)) if COMPACT_CS else cols) * rope[3]
+            c = gl.load(rope[0] + cs_off, mask=mask, other=0.0).to(gl.float32)
+            s = gl.load(rope[1] + cs_off, mask=mask, other=0.0).to(gl.float32)
         y = y * c + gl.where(neg, -p, p) * s
     if HAD:
         if HAS_SIGN:
