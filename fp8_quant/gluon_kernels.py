@@ -63,38 +63,12 @@ def _pairs_layout(log_d, log_t, num_warps):
 
 
 @gluon.jit
-def _angles(rope, s0, S, LOG_D: gl.constexpr, LOG_T: gl.constexpr, INTERLEAVED: gl.constexpr,
-            COMPACT_CS: gl.constexpr):
-    # RoPE's cos and sin of rows s0 .. s0 + T / D as fp32 tiles in L0 (loaded once, used for HB heads).
-    # rope = (cos, sin, stride_cs, stride_cd); full (S, D) or compact (S, D / 2) tables.
-    NW: gl.constexpr = gl.num_warps()
-    T: gl.constexpr = 1 << LOG_T
-    D: gl.constexpr = 1 << LOG_D
-    L0: gl.constexpr = chain_layout(LOG_D, LOG_T, NW, _VEC, 0)
-    if INTERLEAVED and COMPACT_CS:  # columns 2k, 2k + 1 share angle k: load T / 2, repeat in registers
-        LH: gl.constexpr = _pairs_layout(LOG_D, LOG_T, NW)
-        hidx = gl.arange(0, T // 2, layout=LH)
-        hrows = s0 + hidx // (D // 2)
-        cs_off = hrows.to(gl.int64) * rope[2] + (hidx % (D // 2)) * rope[3]
-        c = gl.load(rope[0] + cs_off, mask=hrows < S, other=0.0).to(gl.float32)
-        s = gl.load(rope[1] + cs_off, mask=hrows < S, other=0.0).to(gl.float32)
-        c = gl.convert_layout(gl.join(c, c).reshape([T]), L0)  # the same layout: no data moves
-        s = gl.convert_layout(gl.join(s, s).reshape([T]), L0)
-    else:  # idx % (D / 2), not (idx % D) % (D / 2): the compiler then sees 8-element runs (vector loads)
-        idx = gl.arange(0, T, layout=L0)
-        rows = s0 + idx // D
-        cs_off = rows.to(gl.int64) * rope[2] + ((idx % (D // 2)) if COMPACT_CS else (idx % D)) * rope[3]
-        c = gl.load(rope[0] + cs_off, mask=rows < S, other=0.0).to(gl.float32)
-        s = gl.load(rope[1] + cs_off, mask=rows < S, other=0.0).to(gl.float32)
-    return c, s
-
-
-@gluon.jit
-def _transformed(x, base, s0, S, c, s, sgn, LOG_D: gl.constexpr, LOG_T: gl.constexpr, ROPE: gl.constexpr,
-                 INTERLEAVED: gl.constexpr, HAD: gl.constexpr, HAS_SIGN: gl.constexpr, INV_SQRT_D: gl.constexpr):
-    # Rows s0 .. s0 + T / D of one head as a 1-d fp32 tile after RoPE (c, s: ``_angles``) and the
-    # Hadamard transform (sgn: the sign vector's tile), in the chain's layout _last(..., HAD); masked
-    # rows are 0. x = (ptr, stride_b, stride_h, stride_s, stride_d == 1), base = offset of (b, h, 0, 0).
+def _transformed(x, base, s0, S, rope, sign_ptr, LOG_D: gl.constexpr, LOG_T: gl.constexpr,
+                 ROPE: gl.constexpr, INTERLEAVED: gl.constexpr, COMPACT_CS: gl.constexpr,
+                 HAD: gl.constexpr, HAS_SIGN: gl.constexpr, INV_SQRT_D: gl.constexpr):
+    # Rows s0 .. s0 + T / D of one head as a 1-d fp32 tile after RoPE and the Hadamard transform, in
+    # the chain's layout _last(..., HAD); masked rows are 0. x = (ptr, stride_b, stride_h, stride_s,
+    # stride_d == 1), base = offset of (b, h, 0, 0); rope = (cos, sin, stride_cs, stride_cd).
     NW: gl.constexpr = gl.num_warps()
     T: gl.constexpr = 1 << LOG_T
     D: gl.constexpr = 1 << LOG_D
@@ -110,14 +84,28 @@ def _transformed(x, base, s0, S, c, s, sgn, LOG_D: gl.constexpr, LOG_T: gl.const
             a, b = y.reshape([T // 2, 2]).split()
             p = gl.convert_layout(gl.join(b, a).reshape([T]), L0)  # the same layout: no data moves
             neg = (cols % 2) == 0
-        else:  # partner column c +- D/2 (the same cache lines), written so that loads stay vectors
+        else:
+            # partner column c +- D/2, written so that the compiler sees 8-element runs (vector loads)
             neg = cols < D // 2
-            p = gl.load(x[0] + row_off + gl.where(neg, cols + D // 2, cols - D // 2), mask=mask,
-                        other=0.0).to(gl.float32)
+            pcols = gl.where(neg, cols + D // 2, cols - D // 2)
+            p = gl.load(x[0] + row_off + pcols, mask=mask, other=0.0).to(gl.float32)
+        if INTERLEAVED and COMPACT_CS:  # columns 2k, 2k + 1 share angle k: load T / 2, repeat in registers
+            LH: gl.constexpr = _pairs_layout(LOG_D, LOG_T, NW)
+            hidx = gl.arange(0, T // 2, layout=LH)
+            hrows = s0 + hidx // (D // 2)
+            cs_off = hrows.to(gl.int64) * rope[2] + (hidx % (D // 2)) * rope[3]
+            c = gl.load(rope[0] + cs_off, mask=hrows < S, other=0.0).to(gl.float32)
+            s = gl.load(rope[1] + cs_off, mask=hrows < S, other=0.0).to(gl.float32)
+            c = gl.convert_layout(gl.join(c, c).reshape([T]), L0)  # the same layout: no data moves
+            s = gl.convert_layout(gl.join(s, s).reshape([T]), L0)
+        else:  # idx % (D / 2), not cols % (D / 2): the compiler then sees 8-element runs (vector loads)
+            cs_off = rows.to(gl.int64) * rope[2] + ((idx % (D // 2)) if COMPACT_CS else cols) * rope[3]
+            c = gl.load(rope[0] + cs_off, mask=mask, other=0.0).to(gl.float32)
+            s = gl.load(rope[1] + cs_off, mask=mask, other=0.0).to(gl.float32)
         y = y * c + gl.where(neg, -p, p) * s
     if HAD:
         if HAS_SIGN:
-            y = y * sgn
+            y = y * gl.load(sign_ptr + cols).to(gl.float32)
         y = radix2_stages(y, T, LOG_D, stage_mask(LOG_D, LOG_T, NW, _VEC, 0))
         for i in gl.static_range(1, _last(LOG_D, LOG_T, NW, HAD) + 1):
             y = gl.convert_layout(y, chain_layout(LOG_D, LOG_T, NW, _VEC, i))
@@ -127,11 +115,9 @@ def _transformed(x, base, s0, S, c, s, sgn, LOG_D: gl.constexpr, LOG_T: gl.const
 
 
 @gluon.jit
-def _program(sizes, local_pid, rope, sign_ptr, LOG_D: gl.constexpr, LOG_T: gl.constexpr, ROPE: gl.constexpr,
-             HAD: gl.constexpr, HAS_SIGN: gl.constexpr, HB: gl.constexpr, TENSOR: gl.constexpr):
-    # A program of tensor TENSOR (0 Q, 1 K, 2 V): HB heads h0 .. h0 + HB - 1 of batch b, S-chunk c.
-    # sizes = (H_Q, H_KV, S_Q, S_KV, NC_Q, NC_KV, N_Q_PROGS, N_K_PROGS, GROUP, N_GROUPS) with program
-    # counts B * H / HB * NC. Returns (H, S, G, b, h0, c, sign tile or 0).
+def _geometry(sizes, local_pid, TENSOR: gl.constexpr):
+    # (heads H, rows S, chunks per head, scale group G, chunk c, head index b*H + h): as
+    # fp8_quant.kernels._chunk_geometry (sizes: see there).
     if TENSOR == 0:
         H = sizes[0]
         S = sizes[2]
@@ -142,42 +128,27 @@ def _program(sizes, local_pid, rope, sign_ptr, LOG_D: gl.constexpr, LOG_T: gl.co
         S = sizes[3]
         n_chunks = sizes[5]
         G = 1
-    blk = local_pid // n_chunks  # b * (H / HB) + h0 / HB
-    sgn = 0.0
-    if HAD and HAS_SIGN:
-        L0: gl.constexpr = chain_layout(LOG_D, LOG_T, gl.num_warps(), _VEC, 0)
-        sgn = gl.load(sign_ptr + gl.arange(0, 1 << LOG_T, layout=L0) % (1 << LOG_D)).to(gl.float32)
-    return H, S, G, blk // (H // HB), (blk % (H // HB)) * HB, local_pid % n_chunks, sgn
+    return H, S, n_chunks, G, local_pid % n_chunks, local_pid // n_chunks
 
 
 @gluon.jit
 def _chunk_amax(x, sizes, slots, local_pid, rope, sign_ptr, LOG_D: gl.constexpr, LOG_T: gl.constexpr,
                 CHUNK_S: gl.constexpr, ROPE: gl.constexpr, INTERLEAVED: gl.constexpr, COMPACT_CS: gl.constexpr,
-                HAD: gl.constexpr, HAS_SIGN: gl.constexpr, INV_SQRT_D: gl.constexpr, HB: gl.constexpr,
-                TENSOR: gl.constexpr):
-    # Phase 1 of one program: per head, the amax of its chunk as int32 bits (abs_bits), folded into
-    # the head's group slot by atomic max; RoPE's angles are loaded once per tile for the HB heads.
+                HAD: gl.constexpr, HAS_SIGN: gl.constexpr, INV_SQRT_D: gl.constexpr, TENSOR: gl.constexpr):
     NW: gl.constexpr = gl.num_warps()
     BLOCK_S: gl.constexpr = 1 << (LOG_T - LOG_D)
-    H, S, G, b, h0, c, sgn = _program(sizes, local_pid, rope, sign_ptr, LOG_D, LOG_T, ROPE, HAD, HAS_SIGN, HB,
-                                      TENSOR)
-    LAST: gl.constexpr = chain_layout(LOG_D, LOG_T, NW, _VEC, _last(LOG_D, LOG_T, NW, HAD))
-    accs = (gl.zeros([1 << LOG_T], gl.int32, layout=LAST),) * HB
+    H, S, n_chunks, G, c, bh = _geometry(sizes, local_pid, TENSOR)
+    h = bh % H
+    b = bh // H
+    base = b.to(gl.int64) * x[1] + h.to(gl.int64) * x[2]
+    acc = gl.zeros([1 << LOG_T], gl.int32, layout=chain_layout(LOG_D, LOG_T, NW, _VEC, _last(LOG_D, LOG_T, NW, HAD)))
     s_begin = c * CHUNK_S
     for t in range(0, CHUNK_S // BLOCK_S):
-        s0 = s_begin + t * BLOCK_S
-        if s0 < S:  # the last chunk of a head may be partial
-            ca = 0.0
-            sa = 0.0
-            if ROPE:
-                ca, sa = _angles(rope, s0, S, LOG_D, LOG_T, INTERLEAVED, COMPACT_CS)
-            for j in gl.static_range(HB):
-                base = b.to(gl.int64) * x[1] + (h0 + j).to(gl.int64) * x[2]
-                y = _transformed(x, base, s0, S, ca, sa, sgn, LOG_D, LOG_T, ROPE, INTERLEAVED, HAD, HAS_SIGN,
-                                 INV_SQRT_D)
-                accs = accs[:j] + (gl.maximum(accs[j], y.to(gl.int32, bitcast=True) & 0x7FFFFFFF),) + accs[j + 1:]
-    for j in gl.static_range(HB):
-        gl.atomic_max(slots + TENSOR * sizes[9] + (b * H + h0 + j) // G, gl.max(accs[j], axis=0), sem="relaxed")
+        if s_begin + t * BLOCK_S < S:  # the last chunk of a head may be partial
+            y = _transformed(x, base, s_begin + t * BLOCK_S, S, rope, sign_ptr, LOG_D, LOG_T, ROPE, INTERLEAVED,
+                             COMPACT_CS, HAD, HAS_SIGN, INV_SQRT_D)
+            acc = gl.maximum(acc, y.to(gl.int32, bitcast=True) & 0x7FFFFFFF)  # abs_bits
+    gl.atomic_max(slots + TENSOR * sizes[9] + bh // G, gl.max(acc, axis=0), sem="relaxed")
 
 
 @gluon.jit
@@ -195,88 +166,78 @@ def _scales(amax):
 def _chunk_quant(x, y_ptr, sizes, slots, descales, local_pid, rope, sign_ptr, LOG_D: gl.constexpr,
                  LOG_T: gl.constexpr, CHUNK_S: gl.constexpr, ROPE: gl.constexpr, INTERLEAVED: gl.constexpr,
                  COMPACT_CS: gl.constexpr, HAD: gl.constexpr, HAS_SIGN: gl.constexpr, INV_SQRT_D: gl.constexpr,
-                 LAYOUT: gl.constexpr, HB: gl.constexpr, TENSOR: gl.constexpr):
-    # Phase 2 of one program: each head's scale from its group's amax (chunk 0 of the group's first
-    # head writes the descale), then RoPE/Hadamard again and e4m3 out (contiguous, in LAYOUT).
+                 LAYOUT: gl.constexpr, TENSOR: gl.constexpr):
     NW: gl.constexpr = gl.num_warps()
     T: gl.constexpr = 1 << LOG_T
     D: gl.constexpr = 1 << LOG_D
     BLOCK_S: gl.constexpr = T // D
     L0: gl.constexpr = chain_layout(LOG_D, LOG_T, NW, _VEC, 0)
-    H, S, G, b, h0, c, sgn = _program(sizes, local_pid, rope, sign_ptr, LOG_D, LOG_T, ROPE, HAD, HAS_SIGN, HB,
-                                      TENSOR)
-    scales = ()
-    for j in gl.static_range(HB):
-        slot = TENSOR * sizes[9] + (b * H + h0 + j) // G
-        scale, descale = _scales(gl.load(slots + slot).to(gl.float32, bitcast=True))
-        if (c == 0) & ((h0 + j) % G == 0):
-            gl.store(descales + slot, descale)
-        scales = scales + (scale,)
+    H, S, n_chunks, G, c, bh = _geometry(sizes, local_pid, TENSOR)
+    h = bh % H
+    b = bh // H
+    group = bh // G
+    slot = TENSOR * sizes[9] + group
+    amax = gl.load(slots + slot).to(gl.float32, bitcast=True)
+    scale, descale = _scales(amax)
+    if (c == 0) & (h % G == 0):
+        gl.store(descales + slot, descale)
+    base = b.to(gl.int64) * x[1] + h.to(gl.int64) * x[2]
     if LAYOUT == "BHSD":  # (B, H, S, D): row stride D
+        ybase = (b.to(gl.int64) * H + h) * S * D
         ys = D
     else:  # (B, S, H, D): row stride H * D
+        ybase = (b.to(gl.int64) * S * H + h) * D
         ys = H * D
     idx = gl.arange(0, T, layout=L0)
     s_begin = c * CHUNK_S
     for t in range(0, CHUNK_S // BLOCK_S):
         s0 = s_begin + t * BLOCK_S
         if s0 < S:
-            ca = 0.0
-            sa = 0.0
-            if ROPE:
-                ca, sa = _angles(rope, s0, S, LOG_D, LOG_T, INTERLEAVED, COMPACT_CS)
+            y = _transformed(x, base, s0, S, rope, sign_ptr, LOG_D, LOG_T, ROPE, INTERLEAVED, COMPACT_CS, HAD,
+                             HAS_SIGN, INV_SQRT_D)
+            q = gl.convert_layout((y * scale).to(gl.float8e4nv), L0)  # to_e4m3, then 1-byte values move
             rows = s0 + idx // D
-            for j in gl.static_range(HB):
-                h = h0 + j
-                y = _transformed(x, b.to(gl.int64) * x[1] + h.to(gl.int64) * x[2], s0, S, ca, sa, sgn, LOG_D,
-                                 LOG_T, ROPE, INTERLEAVED, HAD, HAS_SIGN, INV_SQRT_D)
-                q = gl.convert_layout((y * scales[j]).to(gl.float8e4nv), L0)  # to_e4m3; 1-byte values move
-                if LAYOUT == "BHSD":
-                    ybase = (b.to(gl.int64) * H + h) * S * D
-                else:
-                    ybase = (b.to(gl.int64) * S * H + h) * D
-                gl.store(y_ptr + ybase + rows.to(gl.int64) * ys + idx % D, q, mask=rows < S)
+            gl.store(y_ptr + ybase + rows.to(gl.int64) * ys + idx % D, q, mask=rows < S)
 
 
 @gluon.jit
 def _qkv_amax_kernel(q, k, v, sizes, slots, rope, sign_ptr,
                      LOG_D: gl.constexpr, CHUNK_S: gl.constexpr, ROPE: gl.constexpr, INTERLEAVED: gl.constexpr,
                      COMPACT_CS: gl.constexpr, HAD_QK: gl.constexpr, HAD_V: gl.constexpr, HAS_SIGN: gl.constexpr,
-                     INV_SQRT_D: gl.constexpr, HB: gl.constexpr, LOG_T: gl.constexpr):
-    # Phase 1, as fp8_quant.kernels._qkv_amax_kernel without smoothing (slots: 3 * N_GROUPS int32 zeros),
-    # with HB heads per program (see _program).
+                     INV_SQRT_D: gl.constexpr, LOG_T: gl.constexpr):
+    # Phase 1, as fp8_quant.kernels._qkv_amax_kernel without smoothing (slots: 3 * N_GROUPS int32 zeros).
     N_Q_PROGS = sizes[6]
     N_K_PROGS = sizes[7]
     pid = gl.program_id(0)
     if pid < N_Q_PROGS:
         _chunk_amax(q, sizes, slots, pid, rope, sign_ptr, LOG_D, LOG_T, CHUNK_S, ROPE, INTERLEAVED, COMPACT_CS,
-                    HAD_QK, HAS_SIGN, INV_SQRT_D, HB, 0)
+                    HAD_QK, HAS_SIGN, INV_SQRT_D, 0)
     elif pid < N_Q_PROGS + N_K_PROGS:
         _chunk_amax(k, sizes, slots, pid - N_Q_PROGS, rope, sign_ptr, LOG_D, LOG_T, CHUNK_S, ROPE, INTERLEAVED,
-                    COMPACT_CS, HAD_QK, HAS_SIGN, INV_SQRT_D, HB, 1)
+                    COMPACT_CS, HAD_QK, HAS_SIGN, INV_SQRT_D, 1)
     else:
         _chunk_amax(v, sizes, slots, pid - N_Q_PROGS - N_K_PROGS, rope, sign_ptr, LOG_D, LOG_T, CHUNK_S, False,
-                    INTERLEAVED, COMPACT_CS, HAD_V, HAS_SIGN, INV_SQRT_D, HB, 2)
+                    INTERLEAVED, COMPACT_CS, HAD_V, HAS_SIGN, INV_SQRT_D, 2)
 
 
 @gluon.jit
 def _qkv_quant_kernel(q, k, v, out, sizes, slots, descales, rope, sign_ptr,
                       LOG_D: gl.constexpr, CHUNK_S: gl.constexpr, ROPE: gl.constexpr, INTERLEAVED: gl.constexpr,
                       COMPACT_CS: gl.constexpr, HAD_QK: gl.constexpr, HAD_V: gl.constexpr, HAS_SIGN: gl.constexpr,
-                      INV_SQRT_D: gl.constexpr, LAYOUT: gl.constexpr, HB: gl.constexpr, LOG_T: gl.constexpr):
-    # Phase 2, as fp8_quant.kernels._qkv_quant_kernel without smoothing, HB heads per program.
+                      INV_SQRT_D: gl.constexpr, LAYOUT: gl.constexpr, LOG_T: gl.constexpr):
+    # Phase 2, as fp8_quant.kernels._qkv_quant_kernel without smoothing.
     N_Q_PROGS = sizes[6]
     N_K_PROGS = sizes[7]
     pid = gl.program_id(0)
     if pid < N_Q_PROGS:
         _chunk_quant(q, out[0], sizes, slots, descales, pid, rope, sign_ptr, LOG_D, LOG_T, CHUNK_S, ROPE,
-                     INTERLEAVED, COMPACT_CS, HAD_QK, HAS_SIGN, INV_SQRT_D, LAYOUT, HB, 0)
+                     INTERLEAVED, COMPACT_CS, HAD_QK, HAS_SIGN, INV_SQRT_D, LAYOUT, 0)
     elif pid < N_Q_PROGS + N_K_PROGS:
         _chunk_quant(k, out[1], sizes, slots, descales, pid - N_Q_PROGS, rope, sign_ptr, LOG_D, LOG_T, CHUNK_S,
-                     ROPE, INTERLEAVED, COMPACT_CS, HAD_QK, HAS_SIGN, INV_SQRT_D, LAYOUT, HB, 1)
+                     ROPE, INTERLEAVED, COMPACT_CS, HAD_QK, HAS_SIGN, INV_SQRT_D, LAYOUT, 1)
     else:
         _chunk_quant(v, out[2], sizes, slots, descales, pid - N_Q_PROGS - N_K_PROGS, rope, sign_ptr, LOG_D, LOG_T,
-                     CHUNK_S, False, INTERLEAVED, COMPACT_CS, HAD_V, HAS_SIGN, INV_SQRT_D, LAYOUT, HB, 2)
+                     CHUNK_S, False, INTERLEAVED, COMPACT_CS, HAD_V, HAS_SIGN, INV_SQRT_D, LAYOUT, 2)
 
 
 # --- Autotune: LOG_T = log2(BLOCK_S * D) and warps, from (log2 values per thread, warps); the prune
@@ -306,22 +267,11 @@ def first_fit(log_d: int, chunk: int) -> triton.Config:
     return _prune(CONFIGS[:1], {"LOG_D": log_d, "CHUNK_S": chunk})[0]
 
 
-_KEY = ["LOG_D", "CHUNK_S", "ROPE", "INTERLEAVED", "COMPACT_CS", "HAD_QK", "HAD_V", "HAS_SIGN", "HB"]
+_KEY = ["LOG_D", "CHUNK_S", "ROPE", "INTERLEAVED", "COMPACT_CS", "HAD_QK", "HAD_V", "HAS_SIGN"]
 amax_tuned = triton.autotune(do_bench=autotune_do_bench, configs=autotune_configs(CONFIGS), key=_KEY,
                              prune_configs_by={"early_config_prune": _prune})(_qkv_amax_kernel)
 quant_tuned = triton.autotune(do_bench=autotune_do_bench, configs=autotune_configs(CONFIGS), key=_KEY,
                               prune_configs_by={"early_config_prune": _prune})(_qkv_quant_kernel)
-
-def heads_per_program(rope: bool, h_q: int, h_kv: int) -> int:
-    """HB: 1 without RoPE (most programs); with RoPE 4 (or 2) when it divides both head counts: the
-    cos/sin tiles, read once per row tile, then serve HB heads (on an H200 the angle reads, 4 bytes
-    each from L2 per element and pass, held RoPE quantization at 0.70x of plain)."""
-    if rope:
-        for hb in (4, 2):
-            if h_q % hb == 0 and h_kv % hb == 0:
-                return hb
-    return 1
-
 
 _COMPILED = not is_interpreter()
 

@@ -424,16 +424,14 @@ def quantize_launch(tensors: Sequence[torch.Tensor], group: int, cos: Optional[t
                          f"with contiguous last dims and no smoothing; got D={d}, device {device}, smooth={smooth}")
     if config is not None and ("LOG_T" in config.kwargs) != use_gluon:
         raise ValueError(f"config {config} is not a config of the {'Gluon' if use_gluon else 'Triton'} kernels")
-    # heads per program: 1, or with RoPE on the Gluon path up to 4 (the angles are read once for them)
-    hb = GK.heads_per_program(spec.rope, h_q, h_kv if qkv else h_q) if use_gluon else 1
-    chunk = _chunk_rows(b * (h_q * s_q + 2 * h_kv * s_kv) // hb, device, chunk_s)
+    chunk = _chunk_rows(b * (h_q * s_q + 2 * h_kv * s_kv), device, chunk_s)
     if use_gluon:
         if config is not None and (1 << config.kwargs["LOG_T"]) > chunk * d:
             raise ValueError(f"config LOG_T={config.kwargs['LOG_T']} holds more rows than the chunk of {chunk}")
     elif config is not None and config.kwargs["BLOCK_S"] > chunk:
         raise ValueError(f"config BLOCK_S={config.kwargs['BLOCK_S']} exceeds the chunk of {chunk} rows")
     nc_q, nc_kv = (s_q + chunk - 1) // chunk, (s_kv + chunk - 1) // chunk
-    n_q, n_k = b * (h_q // hb) * nc_q, (b * (h_kv // hb) * nc_kv if qkv else 0)
+    n_q, n_k = b * h_q * nc_q, (b * h_kv * nc_kv if qkv else 0)
     if spec.rope:
         if sin.stride() != cos.stride():
             cos, sin = cos.contiguous(), sin.contiguous()
@@ -450,7 +448,7 @@ def quantize_launch(tensors: Sequence[torch.Tensor], group: int, cos: Optional[t
     grid = (n_q + 2 * n_k,)
     if use_gluon:
         _gluon_launch(grid, (q_arg, k_arg, v_arg, out_arg, sizes, ds_buf, rope, sign), n_t * n_groups, layout,
-                      consts, hb, config)
+                      consts, config)
         return result
     # |x| bits (max = 0.0), then with smoothing the (K, V) x group x (max y, max -y) x D key slots
     slots = torch.zeros(n_t * n_groups + (4 * n_groups * d if smooth else 0), dtype=torch.int32, device=device)
@@ -461,14 +459,14 @@ def quantize_launch(tensors: Sequence[torch.Tensor], group: int, cos: Optional[t
     return result
 
 
-def _gluon_launch(grid, args, n_slots: int, layout: str, consts: dict, hb: int, config) -> None:
-    """Both passes with ``fp8_quant.gluon_kernels`` (the same bits; no smoothing), ``hb`` heads per
-    program (``sizes`` counts programs so). args = (q, k, v, out, sizes, descales, rope, sign)."""
+def _gluon_launch(grid, args, n_slots: int, layout: str, consts: dict, config) -> None:
+    """Both passes with ``fp8_quant.gluon_kernels`` (the same programs and bits; no smoothing).
+    args = (q, k, v, out, sizes, descales, rope, sign)."""
     q_arg, k_arg, v_arg, out_arg, sizes, ds_buf, rope, sign = args
     log_d = consts["LOG2_D"]
     gconsts = dict(LOG_D=log_d, CHUNK_S=consts["CHUNK_S"], ROPE=consts["ROPE"], INTERLEAVED=consts["INTERLEAVED"],
                    COMPACT_CS=consts["COMPACT_CS"], HAD_QK=consts["HAD_QK"], HAD_V=consts["HAD_V"],
-                   HAS_SIGN=consts["HAS_SIGN"], INV_SQRT_D=consts["INV_SQRT_D"], HB=hb, enable_fp_fusion=False)
+                   HAS_SIGN=consts["HAS_SIGN"], INV_SQRT_D=consts["INV_SQRT_D"], enable_fp_fusion=False)
     if config is None and len(GK.amax_tuned.configs) == 1:  # Triton skips the prune for one config
         config = GK.first_fit(log_d, consts["CHUNK_S"])
     slots = torch.zeros(n_slots, dtype=torch.int32, device=ds_buf.device)  # |x| bits, max = 0.0

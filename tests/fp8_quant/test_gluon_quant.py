@@ -78,12 +78,6 @@ def test_routing(gen, device, monkeypatch):
     assert calls == ["BSHD"]
 
 
-def test_heads_per_program():
-    assert GK.heads_per_program(False, 32, 8) == 1  # without RoPE: one head per program
-    assert GK.heads_per_program(True, 32, 8) == 4  # the angles serve 4 heads
-    assert GK.heads_per_program(True, 6, 2) == 2 and GK.heads_per_program(True, 3, 1) == 1
-
-
 def test_eligibility_rules(device):
     x = torch.zeros(1, 2, 8, 128, device=device)
     assert not GK.eligible([x], 96, False)  # not a power of two
