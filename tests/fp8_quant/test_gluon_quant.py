@@ -65,17 +65,22 @@ def test_launcher_refusals(gen, device):
 
 
 def test_routing(gen, device, monkeypatch):
-    # eligible calls without smoothing go to the Gluon launcher; smoothing and Triton configs do not
+    # eligible calls with a Hadamard transform and without smoothing go to the Gluon launcher;
+    # plain and RoPE-only calls, smoothing and Triton configs do not
     calls = []
     monkeypatch.setattr(K, "gluon_eligible", lambda tensors, d, smooth: not smooth)
     monkeypatch.setattr(K, "_gluon_launch", lambda *a: calls.append(a[3]))
     q, k, v = make_qkv(1, 4, 2, 40, 33, 64, "BSHD", gen, device)
     quantize_qkv(q, k, v, layout="BSHD", hadamard="qkv")
-    assert calls == ["BSHD"]
+    quantize_qkv(q, k, v, layout="BSHD", hadamard="v_only")
+    assert calls == ["BSHD", "BSHD"]
+    cos, sin = make_cos_sin(40, 64, gen, device, False, True)
+    quantize_qkv(q, k, v, layout="BSHD", cos=cos, sin=sin)
+    quantize_qkv(q, k, v, layout="BSHD")
     quantize_qkv(q, k, v, layout="BSHD", hadamard="qkv", smooth_k=True)
     K.quantize_launch([q, k, v], 2, None, None, QuantSpec(layout="BSHD"),
                       config=triton.Config({"BLOCK_S": 32}, num_warps=4, num_stages=2))
-    assert calls == ["BSHD"]
+    assert calls == ["BSHD", "BSHD"]
 
 
 def test_eligibility_rules(device):
