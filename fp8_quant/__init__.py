@@ -2,7 +2,8 @@
 
 Public API: ``HadamardMode``, ``QuantizedQKV``, ``quantize_qkv``, ``quantize_per_head``,
 ``dequantize_per_head``. Modules: ``quantize`` (public API, validation, ``QuantSpec``, custom ops),
-``kernels`` (the two-pass Triton kernels and their launcher, ``quantize_launch``), ``reference`` (plain
+``kernels`` (the two-pass Triton kernels and their launcher, ``quantize_launch``), ``gluon_kernels``
+(the same two passes in Gluon for Hopper, used for the Hadamard variants), ``reference`` (plain
 PyTorch references).
 """
 

@@ -29,9 +29,12 @@ The kernels are compiled with ``enable_fp_fusion=False``: FMA contraction of RoP
 change the fp32 rounding relative to ``fp8_quant/reference.py`` (payloads and descales are compared bit
 for bit); the op is memory bound, so the separate multiply costs nothing measurable.
 
-``quantize_launch(tensors, group, cos, sin, spec, *, chunk_s=None, config=None)`` is the one launcher:
-``chunk_s`` forces the rows of an S-chunk, ``config`` (a ``triton.Config``) forces the config of both
-kernels (``hadamard_kernels.runtime.launch``). Public functions (``fp8_quant.quantize``) never pass them.
+``quantize_launch(tensors, group, cos, sin, spec, *, chunk_s=None, config=None, kernel="auto")`` is the
+one launcher: ``chunk_s`` forces the rows of an S-chunk, ``config`` (a ``triton.Config``) forces the
+config of both kernels (``hadamard_kernels.runtime.launch``), ``kernel`` picks these kernels or their
+Gluon twins (``fp8_quant.gluon_kernels``: the same programs and bytes, the D = 128 transform with one
+layout change instead of seven), which "auto" runs on sm90 where a Hadamard transform is on. Public
+functions (``fp8_quant.quantize``) never pass them.
 """
 
 from __future__ import annotations

@@ -23,8 +23,11 @@ held it at 70-84% of the copy ceiling from n = 128 to 8192 on an H200. Here the 
 Same arithmetic as the plain kernel, in the same order: fp32 adds and subtracts with half-sizes 1, 2,
 ..., n/2, ``scale`` applied once, one rounding to the output dtype, so both kernels give the same bits
 (tested on the GPU). Gluon kernels do not run under Triton's CPU interpreter: there, and for other
-sizes, strided rows, padded rows and the K * 2^m transforms, the
-plain-Triton kernel runs (the same function, ``hadamard.butterfly_hadamard``).
+sizes, strided rows, padded rows and the K * 2^m transforms, the plain-Triton kernel runs (the same
+function, ``hadamard.butterfly_hadamard``).
+
+``chain``, ``chain_layout``, ``stage_mask`` and ``radix2_stages`` are the layout chain as Gluon helpers;
+``fp8_quant.gluon_kernels`` builds its D-point transform from them.
 """
 
 from __future__ import annotations
