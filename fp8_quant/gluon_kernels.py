@@ -17,12 +17,13 @@ program's [BLOCK_S, D] tile is a 1-d tile of T = BLOCK_S * D elements in the lin
 - Pass 1 takes the amax in the last layout (the max does not care where a value sits); pass 2
   quantizes there and moves the 1-byte payload, not the fp32 value, back to L0 for the store.
 
-Scope (``eligible``): bf16/fp16 inputs whose last dim is contiguous, D a power of two in [16, 256],
-no smoothing (``smooth_k`` / ``smooth_v`` run the plain-Triton kernels), on an NVIDIA sm90 GPU (where
-it was measured), compiled (the interpreter runs the plain-Triton kernels, so CI tests those and the
-GPU tests compare both). ``quantize_launch`` picks it; the quantizer's ops are opaque to
-``torch.compile``, so compiled calls run it too. Everything else of the contract is the plain
-kernels': the same grid of (tensor, batch, head, S-chunk) programs, the same int32 amax slots
+Scope (``eligible``): inputs (bf16/fp16, as the public functions take) whose last dim is contiguous,
+D a power of two in [16, 256], no smoothing (``smooth_k`` / ``smooth_v`` run the plain-Triton
+kernels), on an NVIDIA sm90 GPU (where it was measured), compiled (the interpreter runs the
+plain-Triton kernels, so CI tests those and the GPU tests compare both). ``quantize_launch`` runs it
+where a Hadamard transform is on (``gluon_launch``, on the Triton kernels' grid); the quantizer's ops
+are opaque to ``torch.compile``, so compiled calls run it too. Everything else of the contract is the
+plain kernels': the same grid of (tensor, batch, head, S-chunk) programs, the same int32 amax slots
 (``abs_bits``: an integer max propagates NaN), the same scale policy, no FMA contraction.
 """
 
@@ -35,8 +36,8 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
-from hadamard_kernels.gluon_butterfly import chain, chain_layout, chain_length, plan, radix2_stages, stage_mask
-from hadamard_kernels.runtime import autotune_configs, autotune_do_bench, device_capability, is_interpreter
+from hadamard_kernels.gluon_butterfly import chain, chain_layout, chain_length, hopper, plan, radix2_stages, stage_mask
+from hadamard_kernels.runtime import autotune_configs, autotune_do_bench, is_interpreter, launch
 
 VEC_BITS = 3  # 8 bf16/fp16 values: 16-byte loads
 _VEC = gl.constexpr(VEC_BITS)  # the same, for the kernels
@@ -205,7 +206,8 @@ def _qkv_amax_kernel(q, k, v, sizes, slots, rope, sign_ptr,
                      LOG_D: gl.constexpr, CHUNK_S: gl.constexpr, ROPE: gl.constexpr, INTERLEAVED: gl.constexpr,
                      COMPACT_CS: gl.constexpr, HAD_QK: gl.constexpr, HAD_V: gl.constexpr, HAS_SIGN: gl.constexpr,
                      INV_SQRT_D: gl.constexpr, LOG_T: gl.constexpr):
-    # Phase 1, as fp8_quant.kernels._qkv_amax_kernel without smoothing (slots: 3 * N_GROUPS int32 zeros).
+    # Phase 1, as fp8_quant.kernels._qkv_amax_kernel without smoothing (slots: one zeroed int32 per
+    # tensor and group).
     N_Q_PROGS = sizes[6]
     N_K_PROGS = sizes[7]
     pid = gl.program_id(0)
@@ -262,27 +264,50 @@ def _prune(configs, named_args, **kwargs):
 
 
 @functools.lru_cache(maxsize=64)
-def first_fit(log_d: int, chunk: int) -> triton.Config:
+def _first_fit(log_d: int, chunk: int) -> triton.Config:
     """The config used when the autotuner holds one (Triton skips the prune then)."""
     return _prune(CONFIGS[:1], {"LOG_D": log_d, "CHUNK_S": chunk})[0]
 
 
+def fits(config: triton.Config, d: int, chunk: int) -> bool:
+    """A Gluon config (LOG_T, warps) runs head dim d in chunks of ``chunk`` rows."""
+    return "LOG_T" in config.kwargs and _fits(config, d.bit_length() - 1, chunk)
+
+
 _KEY = ["LOG_D", "CHUNK_S", "ROPE", "INTERLEAVED", "COMPACT_CS", "HAD_QK", "HAD_V", "HAS_SIGN"]
-amax_tuned = triton.autotune(do_bench=autotune_do_bench, configs=autotune_configs(CONFIGS), key=_KEY,
-                             prune_configs_by={"early_config_prune": _prune})(_qkv_amax_kernel)
-quant_tuned = triton.autotune(do_bench=autotune_do_bench, configs=autotune_configs(CONFIGS), key=_KEY,
-                              prune_configs_by={"early_config_prune": _prune})(_qkv_quant_kernel)
+_amax_tuned = triton.autotune(do_bench=autotune_do_bench, configs=autotune_configs(CONFIGS), key=_KEY,
+                              prune_configs_by={"early_config_prune": _prune})(_qkv_amax_kernel)
+_quant_tuned = triton.autotune(do_bench=autotune_do_bench, configs=autotune_configs(CONFIGS), key=_KEY,
+                               prune_configs_by={"early_config_prune": _prune})(_qkv_quant_kernel)
 
-_COMPILED = not is_interpreter()
+_COMPILED = not is_interpreter()  # decided at import, like @triton.jit itself
 
 
-@functools.lru_cache(maxsize=8)
-def _hopper(index: int) -> bool:
-    return torch.version.hip is None and device_capability(index)[0] == 9
+def supports(tensors, d: int, smooth: bool) -> bool:
+    """The call's shape rules: D a power of two in [16, 256], no smoothing, every input's last dim
+    contiguous (dtypes: the public functions allow bf16 / fp16 only)."""
+    return not smooth and MIN_D <= d <= MAX_D and d & (d - 1) == 0 and all(t.stride(-1) == 1 for t in tensors)
 
 
 def eligible(tensors, d: int, smooth: bool) -> bool:
-    """True when the Gluon kernels can run this call: compiled (not the interpreter), an NVIDIA sm90
-    GPU, D a power of two in [16, 256], no smoothing, every input's last dim contiguous."""
-    return (_COMPILED and not smooth and MIN_D <= d <= MAX_D and d & (d - 1) == 0 and tensors[0].is_cuda
-            and _hopper(tensors[0].get_device()) and all(t.stride(-1) == 1 for t in tensors))
+    """True when the Gluon kernels can run this call: compiled (not the interpreter), on an NVIDIA sm90
+    GPU (``gluon_butterfly.hopper``), and ``supports``."""
+    return _COMPILED and tensors[0].is_cuda and hopper(tensors[0].get_device()) and supports(tensors, d, smooth)
+
+
+def gluon_launch(grid, args, n_slots: int, layout: str, consts: dict, config=None) -> None:
+    """Both passes on ``grid`` (the Triton kernels' grid: the same programs). args = (q, k, v, out,
+    sizes, descales, rope, sign) as ``fp8_quant.kernels.quantize_launch`` builds them; ``consts``: its
+    constexprs (``kernels._consts``); ``config``: a Gluon config (None: autotuned)."""
+    q_arg, k_arg, v_arg, out_arg, sizes, ds_buf, rope, sign = args
+    log_d = consts["LOG2_D"]
+    gconsts = dict(LOG_D=log_d, CHUNK_S=consts["CHUNK_S"], ROPE=consts["ROPE"], INTERLEAVED=consts["INTERLEAVED"],
+                   COMPACT_CS=consts["COMPACT_CS"], HAD_QK=consts["HAD_QK"], HAD_V=consts["HAD_V"],
+                   HAS_SIGN=consts["HAS_SIGN"], INV_SQRT_D=consts["INV_SQRT_D"], enable_fp_fusion=False)
+    if config is None and len(_amax_tuned.configs) == 1:  # Triton skips the prune for one config
+        config = _first_fit(log_d, consts["CHUNK_S"])
+    # |x| bits, max = 0.0; max is idempotent, so autotuning's repeated runs need no reset
+    slots = torch.zeros(n_slots, dtype=torch.int32, device=ds_buf.device)
+    launch(_amax_tuned, grid, (q_arg, k_arg, v_arg, sizes, slots, rope, sign), gconsts, config)
+    launch(_quant_tuned, grid, (q_arg, k_arg, v_arg, out_arg, sizes, slots, ds_buf, rope, sign),
+           {**gconsts, "LAYOUT": layout}, config)

@@ -391,6 +391,8 @@ def quantize_launch(tensors: Sequence[torch.Tensor], group: int, cos: Optional[t
 
     Host work per call (it runs on every eager call): the payloads, the descales, the zeroed amax slots,
     two launches; with smoothing, two more buffers (chunk sums, means)."""
+    if kernel not in ("auto", "triton", "gluon"):
+        raise ValueError(f"kernel must be 'auto', 'triton' or 'gluon', got {kernel!r}")
     layout = spec.layout
     q = tensors[0]
     device = q.device
@@ -401,6 +403,31 @@ def quantize_launch(tensors: Sequence[torch.Tensor], group: int, cos: Optional[t
     if smooth and not qkv:
         raise ValueError("smoothing applies to K and V: quantize_launch needs [q, k, v]")
     h_kv, s_kv = (bhsd_dims(tensors[1], layout)[1:3]) if qkv else (h_q // group, 0)
+    # auto: Gluon where a Hadamard transform runs (H200, S = 16384: 0.81x of plain's speed against 0.50x
+    # for Hadamard, 0.47x against 0.35x with RoPE); plain and RoPE-only calls stay on the Triton kernels
+    # (plain: the same time; RoPE only: Triton 4% faster there)
+    hadamard = spec.had_qk or spec.had_v
+    gluon_config = config is not None and "LOG_T" in config.kwargs
+    if kernel == "auto":
+        use_gluon = (config is None or gluon_config) and hadamard and gluon_eligible(tensors, d, smooth)
+    else:
+        use_gluon = kernel == "gluon"
+        if use_gluon and not gluon_eligible(tensors, d, smooth):
+            raise ValueError(f"the Gluon quantizer runs on sm90 GPUs, compiled, for D a power of two in [16, 256] "
+                             f"with contiguous last dims and no smoothing; got D={d}, device {device}, "
+                             f"smooth={smooth}")
+    if config is not None and gluon_config != use_gluon:
+        why = "" if kernel != "auto" else (" (auto runs the Gluon kernels only where a Hadamard transform is on "
+                                           "and gluon_kernels.eligible holds)")
+        raise ValueError(f"config {config} is not a config of the {'Gluon' if use_gluon else 'Triton'} kernels "
+                         f"this call runs{why}")
+    chunk = _chunk_rows(b * (h_q * s_q + 2 * h_kv * s_kv), device, chunk_s)
+    if use_gluon:
+        if config is not None and not GK.fits(config, d, chunk):
+            raise ValueError(f"config {config} does not fit D={d} with chunks of {chunk} rows "
+                             f"(see fp8_quant.gluon_kernels.CONFIGS)")
+    elif config is not None and config.kwargs["BLOCK_S"] > chunk:
+        raise ValueError(f"config BLOCK_S={config.kwargs['BLOCK_S']} exceeds the chunk of {chunk} rows")
     n_groups = b * h_kv
     outs = [torch.empty(t.shape, dtype=torch.float8_e4m3fn, device=device) for t in tensors]
     ds_buf = torch.empty(n_t * n_groups, dtype=torch.float32, device=device)  # written by phase 2
@@ -419,24 +446,6 @@ def quantize_launch(tensors: Sequence[torch.Tensor], group: int, cos: Optional[t
     if d == 0 or (s_q == 0 and s_kv == 0):
         return result
 
-    if kernel not in ("auto", "triton", "gluon"):
-        raise ValueError(f"kernel must be 'auto', 'triton' or 'gluon', got {kernel!r}")
-    # auto: Gluon where a Hadamard transform runs (H200, S = 16384: 0.81x of plain vs 0.50x for
-    # Hadamard, 0.47x vs 0.36x with RoPE); plain and RoPE-only calls stay on the Triton kernels (the
-    # same time, and RoPE-only 3% faster there)
-    use_gluon = kernel == "gluon" or (kernel == "auto" and (config is None or "LOG_T" in config.kwargs)
-                                      and (spec.had_qk or spec.had_v) and gluon_eligible(tensors, d, smooth))
-    if use_gluon and not gluon_eligible(tensors, d, smooth):
-        raise ValueError(f"the Gluon quantizer runs on sm90 GPUs, compiled, for D a power of two in [16, 256] "
-                         f"with contiguous last dims and no smoothing; got D={d}, device {device}, smooth={smooth}")
-    if config is not None and ("LOG_T" in config.kwargs) != use_gluon:
-        raise ValueError(f"config {config} is not a config of the {'Gluon' if use_gluon else 'Triton'} kernels")
-    chunk = _chunk_rows(b * (h_q * s_q + 2 * h_kv * s_kv), device, chunk_s)
-    if use_gluon:
-        if config is not None and (1 << config.kwargs["LOG_T"]) > chunk * d:
-            raise ValueError(f"config LOG_T={config.kwargs['LOG_T']} holds more rows than the chunk of {chunk}")
-    elif config is not None and config.kwargs["BLOCK_S"] > chunk:
-        raise ValueError(f"config BLOCK_S={config.kwargs['BLOCK_S']} exceeds the chunk of {chunk} rows")
     nc_q, nc_kv = (s_q + chunk - 1) // chunk, (s_kv + chunk - 1) // chunk
     n_q, n_k = b * h_q * nc_q, (b * h_kv * nc_kv if qkv else 0)
     if spec.rope:
@@ -454,8 +463,8 @@ def quantize_launch(tensors: Sequence[torch.Tensor], group: int, cos: Optional[t
                                    spec.had_v, spec.signs is not None, spec.smooth_k, spec.smooth_v)
     grid = (n_q + 2 * n_k,)
     if use_gluon:
-        _gluon_launch(grid, (q_arg, k_arg, v_arg, out_arg, sizes, ds_buf, rope, sign), n_t * n_groups, layout,
-                      consts, config)
+        GK.gluon_launch(grid, (q_arg, k_arg, v_arg, out_arg, sizes, ds_buf, rope, sign), n_t * n_groups, layout,
+                        consts, config)
         return result
     # |x| bits (max = 0.0), then with smoothing the (K, V) x group x (max y, max -y) x D key slots
     slots = torch.zeros(n_t * n_groups + (4 * n_groups * d if smooth else 0), dtype=torch.int32, device=device)
@@ -465,18 +474,3 @@ def quantize_launch(tensors: Sequence[torch.Tensor], group: int, cos: Optional[t
     launch(_qkv_quant_kernel, grid, (q_arg, k_arg, v_arg, out_arg, sizes, bufs, rope, sign), consts_quant, config)
     return result
 
-
-def _gluon_launch(grid, args, n_slots: int, layout: str, consts: dict, config) -> None:
-    """Both passes with ``fp8_quant.gluon_kernels`` (the same programs and bits; no smoothing).
-    args = (q, k, v, out, sizes, descales, rope, sign)."""
-    q_arg, k_arg, v_arg, out_arg, sizes, ds_buf, rope, sign = args
-    log_d = consts["LOG2_D"]
-    gconsts = dict(LOG_D=log_d, CHUNK_S=consts["CHUNK_S"], ROPE=consts["ROPE"], INTERLEAVED=consts["INTERLEAVED"],
-                   COMPACT_CS=consts["COMPACT_CS"], HAD_QK=consts["HAD_QK"], HAD_V=consts["HAD_V"],
-                   HAS_SIGN=consts["HAS_SIGN"], INV_SQRT_D=consts["INV_SQRT_D"], enable_fp_fusion=False)
-    if config is None and len(GK.amax_tuned.configs) == 1:  # Triton skips the prune for one config
-        config = GK.first_fit(log_d, consts["CHUNK_S"])
-    slots = torch.zeros(n_slots, dtype=torch.int32, device=ds_buf.device)  # |x| bits, max = 0.0
-    launch(GK.amax_tuned, grid, (q_arg, k_arg, v_arg, sizes, slots, rope, sign), gconsts, config)
-    launch(GK.quant_tuned, grid, (q_arg, k_arg, v_arg, out_arg, sizes, slots, ds_buf, rope, sign),
-           {**gconsts, "LAYOUT": layout}, config)

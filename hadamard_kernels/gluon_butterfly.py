@@ -178,7 +178,9 @@ _gluon_tuned = triton.autotune(do_bench=autotune_do_bench, configs=autotune_conf
 
 
 @functools.lru_cache(maxsize=8)
-def _hopper(index: int) -> bool:  # NVIDIA sm90: where it was measured (32-lane warps; not ROCm)
+def hopper(index: int) -> bool:
+    """CUDA device ``index`` is an NVIDIA sm90 GPU: where the Gluon kernels (this one and
+    ``fp8_quant.gluon_kernels``) were measured (32-lane warps; not ROCm, not sm100/sm120)."""
     return torch.version.hip is None and device_capability(index)[0] == 9
 
 
@@ -191,7 +193,7 @@ def eligible(x: torch.Tensor, n: int, flat: bool) -> bool:
     where it was measured; other GPUs run the plain-Triton kernel), not under the interpreter, rows
     contiguous and n apart (``flat``), n a power of two in [16, 32768]. A few hundred nanoseconds: it
     runs on every eager call."""
-    return flat and n in _SIZES and _COMPILED and x.is_cuda and _hopper(x.get_device())
+    return flat and n in _SIZES and _COMPILED and x.is_cuda and hopper(x.get_device())
 
 
 _VEC_BITS = {torch.float32: 2, torch.float16: 3, torch.bfloat16: 3}  # 16-byte loads

@@ -37,8 +37,8 @@ def test_prune_always_leaves_a_fitting_config(log_d, chunk):
         log_t = c.kwargs["LOG_T"]
         assert log_t >= log_d and (1 << (log_t - log_d)) <= chunk  # whole rows, within one chunk
         assert GK.plan(log_d, log_t, c.num_warps.bit_length() - 1, GK.VEC_BITS) is not None
-    fit = GK.first_fit(log_d, chunk)  # the one-config autotuner's choice (Triton skips the prune)
-    assert GK._fits(fit, log_d, chunk)
+    fit = GK._first_fit(log_d, chunk)  # the one-config autotuner's choice (Triton skips the prune)
+    assert GK.fits(fit, 1 << log_d, chunk)
 
 
 def test_last_layout_index():
@@ -61,7 +61,11 @@ def test_launcher_refusals(gen, device):
     with pytest.raises(ValueError, match="not a config of the Triton kernels"):
         K.quantize_launch([q, k, v], 1, None, None, spec, kernel="triton", config=GK.CONFIGS[0])
     with pytest.raises(ValueError, match="not a config of the Triton kernels"):  # not eligible: Triton
-        K.quantize_launch([q, k, v], 1, None, None, QuantSpec(smooth_k=True), config=GK.CONFIGS[0])
+        K.quantize_launch([q, k, v], 1, None, None, QuantSpec(had_qk=True, smooth_k=True), config=GK.CONFIGS[0])
+    with pytest.raises(ValueError, match="Gluon quantizer runs on sm90"):  # smoothing: on any machine
+        K.quantize_launch([q, k, v], 1, None, None, QuantSpec(had_qk=True, smooth_k=True), kernel="gluon")
+    with pytest.raises(ValueError, match="kernel must be"):  # checked before anything, empty inputs too
+        K.quantize_launch([q[:, :, :0], k[:, :, :0], v[:, :, :0]], 1, None, None, spec, kernel="gpu")
 
 
 def test_routing(gen, device, monkeypatch):
@@ -69,7 +73,7 @@ def test_routing(gen, device, monkeypatch):
     # plain and RoPE-only calls, smoothing and Triton configs do not
     calls = []
     monkeypatch.setattr(K, "gluon_eligible", lambda tensors, d, smooth: not smooth)
-    monkeypatch.setattr(K, "_gluon_launch", lambda *a: calls.append(a[3]))
+    monkeypatch.setattr(GK, "gluon_launch", lambda *a: calls.append(a[3]))
     q, k, v = make_qkv(1, 4, 2, 40, 33, 64, "BSHD", gen, device)
     quantize_qkv(q, k, v, layout="BSHD", hadamard="qkv")
     quantize_qkv(q, k, v, layout="BSHD", hadamard="v_only")
@@ -78,17 +82,40 @@ def test_routing(gen, device, monkeypatch):
     quantize_qkv(q, k, v, layout="BSHD", cos=cos, sin=sin)
     quantize_qkv(q, k, v, layout="BSHD")
     quantize_qkv(q, k, v, layout="BSHD", hadamard="qkv", smooth_k=True)
-    K.quantize_launch([q, k, v], 2, None, None, QuantSpec(layout="BSHD"),
-                      config=triton.Config({"BLOCK_S": 32}, num_warps=4, num_stages=2))
+    triton_config = triton.Config({"BLOCK_S": 32}, num_warps=4, num_stages=2)
+    K.quantize_launch([q, k, v], 2, None, None, QuantSpec(layout="BSHD"), config=triton_config)
+    K.quantize_launch([q, k, v], 2, None, None, QuantSpec(layout="BSHD", had_qk=True), config=triton_config)
     assert calls == ["BSHD", "BSHD"]
+    K.quantize_launch([q, k, v], 2, None, None, QuantSpec(layout="BSHD", had_v=True), config=GK.CONFIGS[0])
+    assert calls == ["BSHD", "BSHD", "BSHD"]  # a Gluon config: the Gluon kernels
+
+
+def test_gluon_launch_constexprs_and_single_config(monkeypatch):
+    # the launcher maps the Triton kernels' constexprs onto the Gluon kernels', zeroes one amax slot per
+    # tensor and group, and with a one-config autotuner (Triton then skips the prune) passes one that fits
+    seen = []
+    monkeypatch.setattr(GK, "launch", lambda kernel, grid, args, consts, config: seen.append((args, consts, config)))
+    monkeypatch.setattr(GK._amax_tuned, "configs", GK.CONFIGS[:1])
+    consts, _ = K._consts(16, 32, "BHSD", True, True, True, True, False, True)
+    x = torch.zeros(1)
+    args = ("q", "k", "v", "out", "sizes", x, "rope", "sign")
+    GK.gluon_launch((7,), args, 6, "BSHD", consts)
+    (a1, c1, cfg1), (a2, c2, cfg2) = seen
+    assert cfg1 is cfg2 is GK._first_fit(4, 32) and GK.fits(cfg1, 16, 32)
+    assert c1 == dict(LOG_D=4, CHUNK_S=32, ROPE=True, INTERLEAVED=True, COMPACT_CS=True, HAD_QK=True, HAD_V=False,
+                      HAS_SIGN=True, INV_SQRT_D=consts["INV_SQRT_D"], enable_fp_fusion=False)
+    assert c2 == {**c1, "LAYOUT": "BSHD"}
+    slots = a1[4]
+    assert slots.dtype == torch.int32 and slots.shape == (6,) and a2[5] is slots and a2[6] is x
 
 
 def test_eligibility_rules(device):
     x = torch.zeros(1, 2, 8, 128, device=device)
-    assert not GK.eligible([x], 96, False)  # not a power of two
-    assert not GK.eligible([x], 512, False)  # above 256
-    assert not GK.eligible([x], 128, True)  # smoothing: the Triton kernels
-    assert not GK.eligible([x.transpose(2, 3)], 128, False)  # last dim strided
+    assert GK.supports([x, x[:, :1]], 128, False) and GK.supports([x[..., :16]], 16, False)
+    assert not GK.supports([x], 96, False)  # not a power of two
+    assert not GK.supports([x], 512, False) and not GK.supports([x[..., :8]], 8, False)  # outside [16, 256]
+    assert not GK.supports([x], 128, True)  # smoothing: the Triton kernels
+    assert not GK.supports([x, x.transpose(2, 3)], 128, False)  # a strided last dim
     if device == "cpu":
         assert not GK.eligible([x], 128, False)  # the interpreter runs the Triton kernels
 
@@ -160,6 +187,19 @@ def test_gluon_every_kept_config(d, gen):
     for cfg in GK._prune(GK.CONFIGS, {"LOG_D": d.bit_length() - 1, "CHUNK_S": 128}):
         got = K.quantize_launch(list(qkv), group, cos, sin, spec, chunk_s=128, config=cfg)
         _assert_same(got, want, (d, cfg))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("rope", [False, True])
+def test_gluon_q_only_groups(rope, gen):
+    # quantize_per_head's path: one tensor, a scale shared by groups of 4 heads
+    if not _gluon_here():
+        pytest.skip("the Gluon quantizer runs on sm90")
+    x = torch.randn(2, 8, 1234, 128, generator=gen, device="cuda").to(torch.bfloat16)
+    cos, sin = make_cos_sin(1234, 128, gen, "cuda", False, True) if rope else (None, None)
+    spec = QuantSpec(rope=rope, compact_cs=rope, had_qk=True)
+    _assert_same(K.quantize_launch([x], 4, cos, sin, spec, kernel="gluon"),
+                 K.quantize_launch([x], 4, cos, sin, spec, kernel="triton"), ("q only", rope))
 
 
 @pytest.mark.cuda
