@@ -473,4 +473,3 @@ def quantize_launch(tensors: Sequence[torch.Tensor], group: int, cos: Optional[t
     launch(_qkv_amax_kernel, grid, (q_arg, k_arg, v_arg, sizes, bufs, rope, sign), consts, config)
     launch(_qkv_quant_kernel, grid, (q_arg, k_arg, v_arg, out_arg, sizes, bufs, rope, sign), consts_quant, config)
     return result
-
