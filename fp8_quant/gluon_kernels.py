@@ -38,6 +38,7 @@ from triton.experimental.gluon import language as gl
 
 from hadamard_kernels.gluon_butterfly import chain, chain_layout, chain_length, hopper, plan, radix2_stages, stage_mask
 from hadamard_kernels.runtime import autotune_configs, autotune_do_bench, is_interpreter, launch
+from hadamard_kernels.triton_helpers import abs_bits, e4m3_scales
 
 VEC_BITS = 3  # 8 bf16/fp16 values: 16-byte loads
 _VEC = gl.constexpr(VEC_BITS)  # the same, for the kernels
@@ -117,8 +118,10 @@ def _transformed(x, base, s0, S, rope, sign_ptr, LOG_D: gl.constexpr, LOG_T: gl.
 
 @gluon.jit
 def _geometry(sizes, local_pid, TENSOR: gl.constexpr):
-    # (heads H, rows S, chunks per head, scale group G, chunk c, head index b*H + h): as
-    # fp8_quant.kernels._chunk_geometry (sizes: see there).
+    # (heads H, rows S, chunks per head, scale group G, chunk c, head index b*H + h): a copy of
+    # fp8_quant.kernels._chunk_geometry (sizes: see there). Gluon kernels can call @triton.jit helpers
+    # (abs_bits, e4m3_scales below), but fp8_quant.kernels imports this module, so importing its helper
+    # here would make an import cycle.
     if TENSOR == 0:
         H = sizes[0]
         S = sizes[2]
@@ -148,19 +151,8 @@ def _chunk_amax(x, sizes, slots, local_pid, rope, sign_ptr, LOG_D: gl.constexpr,
         if s_begin + t * BLOCK_S < S:  # the last chunk of a head may be partial
             y = _transformed(x, base, s_begin + t * BLOCK_S, S, rope, sign_ptr, LOG_D, LOG_T, ROPE, INTERLEAVED,
                              COMPACT_CS, HAD, HAS_SIGN, INV_SQRT_D)
-            acc = gl.maximum(acc, y.to(gl.int32, bitcast=True) & 0x7FFFFFFF)  # abs_bits
+            acc = gl.maximum(acc, abs_bits(y))
     gl.atomic_max(slots + TENSOR * sizes[9] + bh // G, gl.max(acc, axis=0), sem="relaxed")
-
-
-@gluon.jit
-def _scales(amax):
-    # fp8_quant's scale policy (hadamard_kernels.triton_helpers.e4m3_scales), bit for bit
-    tiny = amax < 1e-12
-    big = gl.to_tensor(448.0)
-    scale = gl.where(tiny, 1.0, gl.div_rn(big, gl.where(tiny, 1.0, amax)))
-    scale = gl.where(amax == float("inf"), float("nan"), scale)
-    descale = gl.where(tiny, 1.0, gl.div_rn(amax, big))
-    return scale, descale
 
 
 @gluon.jit
@@ -179,7 +171,7 @@ def _chunk_quant(x, y_ptr, sizes, slots, descales, local_pid, rope, sign_ptr, LO
     group = bh // G
     slot = TENSOR * sizes[9] + group
     amax = gl.load(slots + slot).to(gl.float32, bitcast=True)
-    scale, descale = _scales(amax)
+    scale, descale = e4m3_scales(amax)
     if (c == 0) & (h % G == 0):
         gl.store(descales + slot, descale)
     base = b.to(gl.int64) * x[1] + h.to(gl.int64) * x[2]

@@ -1,4 +1,5 @@
-"""The library's shared layer: ``@triton.jit`` helpers that kernels of every package call.
+"""The library's shared layer: ``@triton.jit`` helpers that kernels of every package call (Triton and
+Gluon kernels alike: ``fp8_quant.gluon_kernels`` calls ``abs_bits`` and ``e4m3_scales``).
 
 - ``butterfly_stages(y, R, P, LOG_P)``: y @ H_P for an fp32 [R, P] register tile (unnormalized
   Sylvester H_P), as log2(P) radix-2 stages with half-sizes 1, 2, ..., P/2, each a
@@ -53,7 +54,7 @@ def abs_bits(v):
 @triton.jit
 def e4m3_scales(amax):
     tiny = amax < _AMAX_EPS_C
-    big = tl.full([], _E4M3_MAX_C, tl.float32)
+    big = tl.where(tiny, _E4M3_MAX_C, _E4M3_MAX_C)  # 448.0 as an fp32 tensor; Gluon has no layout-free tl.full
     scale = tl.where(tiny, 1.0, tl.math.div_rn(big, tl.where(tiny, 1.0, amax)))
     scale = tl.where(amax == float("inf"), float("nan"), scale)  # non-finite amax: payload NaN
     descale = tl.where(tiny, 1.0, tl.math.div_rn(amax, big))
