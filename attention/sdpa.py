@@ -153,11 +153,12 @@ def _attention_fwd(q, k, v, qd, kd, vd, scale: float, causal: bool, backend: Att
 
 
 @torch.library.custom_op("attention::fp8_attention_fwd", mutates_args=())
-def _fp8_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_descale: torch.Tensor,
+def _fp8_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_descale: Optional[torch.Tensor],
                           k_descale: torch.Tensor, v_descale: torch.Tensor, scale: float, causal: bool,
                           backend: str, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """q (B, S_q, H_q, D), k (B, S_kv, H_kv, D), v (B, S_kv, H_kv, D_v): e4m3, last dim contiguous
-    (BSHD views of BHSD tensors are fine); descales (B, H_kv) float32; attn_mask broadcastable to
+    (BSHD views of BHSD tensors are fine); descales (B, H_kv) float32 (q_descale None: q is bf16/fp16,
+    quantized inside the FP8_TRITON kernel, one scale per query row); attn_mask broadcastable to
     (B, H_q, S_q, S_kv) or None. Returns bf16 (B, S_q, H_q, D_v), causal top-left."""
     return _attention_fwd(q, k, v, q_descale, k_descale, v_descale, scale, causal, AttentionBackend(backend),
                           attn_mask)
@@ -328,32 +329,39 @@ def _quant_spec(layout: str, mode: HadamardMode, signs: Optional[SignVector], sm
 
 def _fp8_sdpa_impl(query, key, value, is_causal: bool, scale: Optional[float], backend: AttentionBackend,
                    mode: HadamardMode, signs: Optional[SignVector], quant_layout: str = "BSHD",
-                   attn_mask=None, smooth_k: bool = False, smooth_v: bool = False) -> torch.Tensor:
+                   attn_mask=None, smooth_k: bool = False, smooth_v: bool = False,
+                   q_in_kernel: bool = False) -> torch.Tensor:
     """``fp8_sdpa`` after validation (the seam tests and benchmarks use). ``quant_layout``: the layout
     the quantizer writes; "BSHD" (what ``fp8_sdpa`` runs) hands FA contiguous BSHD payloads with no
     copy anywhere, "BHSD" hands it transposed views (a benchmark row). ``smooth_k`` / ``smooth_v``: the
-    quantizer's smoothing (``_run`` adds V's mean back)."""
+    quantizer's smoothing (``_run`` adds V's mean back). ``q_in_kernel`` (FP8_TRITON, Q not rotated):
+    the quantizer runs on K and V only (Q as zero rows: no Q programs) and the kernel quantizes Q."""
     d = query.shape[-1]
     if query.numel() == 0:
         return torch.empty(query.shape[:3] + (value.shape[-1],), dtype=query.dtype, device=query.device)
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     if quant_layout == "BSHD":  # quantize the BSHD views: contiguous BSHD payloads, what FA reads best
         query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+    s_axis = 2 if quant_layout == "BHSD" else 1
+    q_in = query.narrow(s_axis, 0, 0) if q_in_kernel else query
     if torch.compiler.is_compiling():  # the quantizer's registered op, for dynamo
-        qkv = quantize_qkv(query, key, value, layout=quant_layout, hadamard=mode, sign_vector=signs,
+        qkv = quantize_qkv(q_in, key, value, layout=quant_layout, hadamard=mode, sign_vector=signs,
                            smooth_k=smooth_k, smooth_v=smooth_v)
     else:  # validated above: the quantizer's launcher directly, without a second validation
-        res = quantize_launch([query, key, value], query.shape[-3 if quant_layout == "BHSD" else -2]
+        res = quantize_launch([q_in, key, value], query.shape[-3 if quant_layout == "BHSD" else -2]
                               // key.shape[-3 if quant_layout == "BHSD" else -2], None, None,
                               _quant_spec(quant_layout, mode, signs, smooth_k, smooth_v))
         qkv = QuantizedQKV(*res[0], *res[1], res[2][1] if smooth_v else None)
+    if q_in_kernel:  # the kernel reads bf16/fp16 Q with a unit last stride
+        qkv = qkv._replace(q=query if query.stride(-1) == 1 else query.contiguous(), q_descale=None)
     return _run(qkv, scale, is_causal, backend, mode, signs, query.dtype, quant_layout, attn_mask)
 
 
 def fp8_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask=None, dropout_p: float = 0.0,
              is_causal: bool = False, scale: Optional[float] = None, enable_gqa: bool = False, *,
              hadamard: HadamardMode | str = HadamardMode.NONE, backend: AttentionBackend | str | None = None,
-             sign_vector=None, smooth_k: bool = False, smooth_v: bool = False) -> torch.Tensor:
+             sign_vector=None, smooth_k: bool = False, smooth_v: bool = False,
+             q_in_kernel: bool = False) -> torch.Tensor:
     """FP8 attention with the shapes and semantics of ``F.scaled_dot_product_attention``.
 
     query (B, H_q, S_q, D), key/value (B, H_kv, S_kv, D), bf16 or fp16; H_q a multiple of H_kv
@@ -392,6 +400,12 @@ def fp8_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_m
     m, added back to the output in fp32 before the one rounding to the output dtype. Each helps when K
     or V carries a per-channel bias that would otherwise set the FP8 scale.
 
+    ``q_in_kernel`` (bool, default off; FP8_TRITON only, ``hadamard`` NONE or V_ONLY): the quantizer
+    pass runs on K and V only, and the kernel reads bf16/fp16 Q and quantizes each query row with its
+    own scale (the quantizer's policy on the row's amax) as it loads it: a third less quantizer
+    traffic, and a NaN or Inf in Q poisons only its own row. Not the bits of the default path (there
+    Q has one scale per (batch, GQA group)); as accurate (tests/attention/test_sdpa.py).
+
     >>> q, k, v = torch.randn(3, 1, 2, 64, 64, dtype=torch.bfloat16)
     >>> out = fp8_sdpa(q, k, v, is_causal=True, backend="FP8_REFERENCE")
     >>> out.shape, out.dtype, out.is_contiguous()
@@ -412,9 +426,21 @@ def fp8_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_m
         raise ValueError(f"fp8_sdpa: {why}")
     if type(smooth_k) is not bool or type(smooth_v) is not bool:
         check_smooth("fp8_sdpa", smooth_k, smooth_v)
+    if q_in_kernel is not False:
+        _check_q_in_kernel(q_in_kernel, b, mode)
     signs = None if sign_vector is None else _resolve_sign(sign_vector, query.shape[-1], mode)
     return _fp8_sdpa_impl(query, key, value, is_causal, scale, b, mode, signs, attn_mask=attn_mask, smooth_k=smooth_k,
-                          smooth_v=smooth_v)
+                          smooth_v=smooth_v, q_in_kernel=q_in_kernel)
+
+
+def _check_q_in_kernel(q_in_kernel, backend: AttentionBackend, mode: HadamardMode) -> None:
+    if type(q_in_kernel) is not bool:
+        raise TypeError(f"fp8_sdpa: q_in_kernel must be a bool, got {type(q_in_kernel).__name__}")
+    if backend is not AttentionBackend.FP8_TRITON:
+        raise ValueError(f"fp8_sdpa: q_in_kernel=True needs backend=FP8_TRITON (the kernel that quantizes Q), "
+                         f"got {backend.name}")
+    if mode is HadamardMode.QKV:
+        raise ValueError("fp8_sdpa: q_in_kernel=True takes Q unrotated: hadamard must be NONE or V_ONLY, got QKV")
 
 
 def fp8_rope_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *,

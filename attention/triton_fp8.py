@@ -57,6 +57,7 @@ import triton
 import triton.language as tl
 
 from attention.backends import HEAD_DIMS, AttentionBackend
+from hadamard_kernels.triton_helpers import abs_bits, e4m3_scales, to_e4m3
 from hadamard_kernels.runtime import (autotune_configs, autotune_do_bench, bucket, device_capability, launch,
                                       next_power_of_2, tma_allocator, uses_tma)
 
@@ -99,14 +100,24 @@ def _key_range(kp_ptr, stride_n, hi, MASK_BOOL: tl.constexpr):
 
 
 @triton.jit
+def _per_row(x, QUANT_Q: tl.constexpr):
+    # qk_scale against a [BLOCK_M, BLOCK_N] tile: a scalar, or one value per query row with QUANT_Q
+    if QUANT_Q:
+        return x[:, None]
+    else:
+        return x
+
+
+@triton.jit
 def _attend(acc, l_i, m_i, qt, offs_m, lo, hi, qk_scale, kv, msk, sizes,
             BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr,
             CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASK_BOOL: tl.constexpr, NEG_SCALE: tl.constexpr,
-            USE_TMA: tl.constexpr):
+            USE_TMA: tl.constexpr, QUANT_Q: tl.constexpr):
     # Key blocks [lo, hi) (lo a multiple of BLOCK_N) into the online softmax of rows offs_m.
     # kv = (K source, K row stride, V^T source, V^T row stride): TMA descriptors or base pointers of
     # this (batch, KV head); msk = (base, stride_m, stride_n) of this program's mask rows. MASKED:
-    # the bounds (key < S_KV) and causal masks, needed only in the last blocks.
+    # the bounds (key < S_KV) and causal masks, needed only in the last blocks. qk_scale: a scalar, or
+    # [BLOCK_M] (one per query row) with QUANT_Q.
     BM: tl.constexpr = qt.shape[0]
     S_Q = sizes[2]
     S_KV = sizes[3]
@@ -132,7 +143,7 @@ def _attend(acc, l_i, m_i, qt, offs_m, lo, hi, qk_scale, kv, msk, sizes,
                 vt = tl.load(v_ptrs)
         qk = tl.dot(qt, tl.trans(kt))
         if MASKED or MASK_KIND != 0:
-            s = qk * qk_scale
+            s = qk * _per_row(qk_scale, QUANT_Q)
             if MASK_KIND == 1:  # key padding: one bias per key
                 mk = tl.load(msk[0] + offs_n * msk[2], mask=offs_n < S_KV, other=0)
                 s = s + _bias(mk, MASK_BOOL)[None, :]
@@ -152,13 +163,13 @@ def _attend(acc, l_i, m_i, qt, offs_m, lo, hi, qk_scale, kv, msk, sizes,
             else:
                 m_use = m_new
             p = tl.math.exp2(s - (m_use - _P_OFFSET_C)[:, None])
-        else:  # the max of qk * c is max(qk) * c for c >= 0 (min(qk) * c for c < 0)
+        else:  # the max of qk * c is max(qk) * c for c >= 0 (min(qk) * c for c < 0; every c of a row has one sign)
             if NEG_SCALE:
                 m_new = tl.maximum(m_i, tl.min(qk, 1) * qk_scale)
             else:
                 m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
             m_use = m_new
-            p = tl.math.exp2(qk * qk_scale - (m_use - _P_OFFSET_C)[:, None])
+            p = tl.math.exp2(qk * _per_row(qk_scale, QUANT_Q) - (m_use - _P_OFFSET_C)[:, None])
         alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
@@ -171,14 +182,16 @@ def _attend(acc, l_i, m_i, qt, offs_m, lo, hi, qk_scale, kv, msk, sizes,
 def _fp8_attn_fwd_kernel(q, k, vt, o_ptr, descale, mask, sizes, sm_scale_log2,
                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                          MASK_KIND: tl.constexpr, MASK_BOOL: tl.constexpr, NEG_SCALE: tl.constexpr,
-                         USE_TMA: tl.constexpr, Q_BUCKET: tl.constexpr, KV_BUCKET: tl.constexpr,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                         USE_TMA: tl.constexpr, QUANT_Q: tl.constexpr, Q_BUCKET: tl.constexpr,
+                         KV_BUCKET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # q = (ptr, stride_b, stride_s, stride_h): e4m3 (B, S_Q, H_Q, D), unit stride along D; k: the same
     # for (B, S_KV, H_KV, D); vt = (ptr, stride_b, stride_h, stride_d): V^T, e4m3 (B, H_KV, D, S_KV),
     # unit stride along S; o_ptr: bf16 (B, S_Q, H_Q, D) contiguous; descale = (q, k, v) float32
     # (B, H_KV) contiguous; mask = (ptr, stride_b, stride_h, stride_m, stride_n) of a mask broadcast to
     # (B, H_Q, S_Q, S_KV) (bool as uint8); sizes = (H_Q, H_KV, S_Q, S_KV); sm_scale_log2 = scale *
     # log2(e). One program: BLOCK_M query rows of one (batch, query head) against all their keys.
+    # QUANT_Q: q is bf16/fp16 instead, quantized here with one scale per query row (the quantizer's
+    # policy, ``e4m3_scales`` of the row's NaN-propagating amax); descale[0] is then not read.
     # Q_BUCKET / KV_BUCKET only key the autotuner.
     H_Q, H_KV, S_Q, S_KV = sizes[0], sizes[1], sizes[2], sizes[3]
     if CAUSAL:  # the last query blocks see the most keys: start them first
@@ -192,10 +205,16 @@ def _fp8_attn_fwd_kernel(q, k, vt, o_ptr, descale, mask, sizes, sm_scale_log2,
     row0 = start_m * BLOCK_M
     offs_m = row0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    qk_scale = sm_scale_log2 * tl.load(descale[0] + bh_kv) * tl.load(descale[1] + bh_kv)
     q_ok = (offs_m < S_Q)[:, None] & (offs_d < HEAD_DIM)[None, :]
     q_base = q[0] + b.to(tl.int64) * q[1] + h.to(tl.int64) * q[3] + row0.to(tl.int64) * q[2]
     qt = tl.load(q_base + (tl.arange(0, BLOCK_M)[:, None] * q[2] + offs_d[None, :]), mask=q_ok, other=0.0)
+    if QUANT_Q:
+        qf = qt.to(tl.float32)
+        q_scale, q_descale = e4m3_scales(tl.max(abs_bits(qf), 1).to(tl.float32, bitcast=True))
+        qt = to_e4m3(qf, q_scale[:, None])
+        qk_scale = (sm_scale_log2 * tl.load(descale[1] + bh_kv)) * q_descale
+    else:
+        qk_scale = sm_scale_log2 * tl.load(descale[0] + bh_kv) * tl.load(descale[1] + bh_kv)
 
     # Keys this block may see: [lo, hi); blocks below n_full need no bounds or causal mask.
     hi = S_KV
@@ -231,24 +250,46 @@ def _fp8_attn_fwd_kernel(q, k, vt, o_ptr, descale, mask, sizes, sm_scale_log2,
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     acc, l_i, m_i = _attend(acc, l_i, m_i, qt, offs_m, lo, n_full, qk_scale, kv, msk, sizes, BLOCK_N, HEAD_DIM,
-                            BLOCK_D, False, CAUSAL, MASK_KIND, MASK_BOOL, NEG_SCALE, USE_TMA)
+                            BLOCK_D, False, CAUSAL, MASK_KIND, MASK_BOOL, NEG_SCALE, USE_TMA, QUANT_Q)
     acc, l_i, m_i = _attend(acc, l_i, m_i, qt, offs_m, n_full, hi, qk_scale, kv, msk, sizes, BLOCK_N, HEAD_DIM,
-                            BLOCK_D, True, CAUSAL, MASK_KIND, MASK_BOOL, NEG_SCALE, USE_TMA)
+                            BLOCK_D, True, CAUSAL, MASK_KIND, MASK_BOOL, NEG_SCALE, USE_TMA, QUANT_Q)
 
-    # O = acc * v_descale / l; rows with no visible key (l = 0) are 0
+    # O = acc * v_descale / l; rows with no visible key (l = 0) are 0; a NaN l (a NaN or infinite
+    # score or descale) stays NaN, never 0
     vd = tl.load(descale[2] + bh_kv)
-    o = tl.where((l_i > 0)[:, None], acc * (vd / tl.where(l_i > 0, l_i, 1.0))[:, None], 0.0)
+    none = l_i == 0.0
+    o = tl.where(none[:, None], 0.0, acc * (vd / tl.where(none, 1.0, l_i))[:, None])
     o_base = o_ptr + ((b.to(tl.int64) * S_Q + row0) * H_Q + h) * HEAD_DIM
     tl.store(o_base + (tl.arange(0, BLOCK_M)[:, None] * (H_Q * HEAD_DIM) + offs_d[None, :]), o.to(tl.bfloat16),
              mask=q_ok)
 
 
+@triton.jit
+def _transpose_v_kernel(v, vt, s_kv, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, S_BUCKET: tl.constexpr,
+                        BLOCK_S: tl.constexpr):
+    # v = (ptr, stride_b, stride_s, stride_h): (B, S_KV, H_KV, D) bytes, unit stride along D; vt = (ptr,
+    # stride_b, stride_h, stride_d): (B, H_KV, D, S_KV) bytes, unit stride along S. One program moves a
+    # [BLOCK_S, D] tile of one (batch, head): rows of D bytes in, rows of BLOCK_S bytes out.
+    # S_BUCKET only keys the autotuner.
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    offs_s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = (offs_s < s_kv)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    src = v[0] + b.to(tl.int64) * v[1] + h.to(tl.int64) * v[3]
+    x = tl.load(src + (offs_s.to(tl.int64)[:, None] * v[2] + offs_d[None, :]), mask=ok)
+    dst = vt[0] + b.to(tl.int64) * vt[1] + h.to(tl.int64) * vt[2]
+    tl.store(dst + (offs_d[:, None] * vt[3] + offs_s[None, :]), tl.trans(x), mask=tl.trans(ok))
+
+
 # ---------------------------------------------------------------------------------------------
 # Autotune configs: a plain list, easy to edit after a GPU run. The first entry is what the
 # interpreter (and LOWPREC_AUTOTUNE=first) runs; it fits every head dim. Every entry compiles for
-# SM90 with triton 3.6 on both load paths, with no register spills at D = 64, 128 and 256 where the
-# prune keeps it (checked ahead of time with the wheel's ptxas; the GPU test
-# ``test_every_config_compiles_and_matches`` runs each one).
+# SM90 with triton 3.6 on both load paths (the GPU test ``test_every_config_compiles_and_matches``
+# runs each one). Register spills, from the wheel's ptxas for the causal key-padding kernel (the
+# largest): none at D = 64 and 128 except (128, 64, 4, 3) at D = 128 (36-48 bytes; 84-136 with
+# QUANT_Q); at D = 256 (64, 64, 4, 3) and (128, 64, 8, 2) spill 4-100 bytes (most with QUANT_Q). The
+# autotuner times them all; on the H200 (64, 128, 4, 3) wins at D = 128 (notes: benchmarks/NOTES.md).
 # ---------------------------------------------------------------------------------------------
 
 def _cfg(bm: int, bn: int, warps: int, stages: int) -> triton.Config:
@@ -257,6 +298,7 @@ def _cfg(bm: int, bn: int, warps: int, stages: int) -> triton.Config:
 
 CONFIGS = [
     _cfg(128, 64, 8, 2),  # first: the interpreter's
+    _cfg(64, 128, 4, 3),  # two one-warpgroup programs per SM: one's softmax overlaps the other's dots
     _cfg(128, 128, 8, 2),
     _cfg(128, 128, 8, 3),
     _cfg(128, 64, 4, 3),
@@ -292,7 +334,7 @@ def _bucket(n: int) -> int:
     return min(max(bucket(n), 64), 8192)
 
 
-_KEY = ["HEAD_DIM", "CAUSAL", "MASK_KIND", "MASK_BOOL", "NEG_SCALE", "USE_TMA", "Q_BUCKET", "KV_BUCKET"]
+_KEY = ["HEAD_DIM", "CAUSAL", "MASK_KIND", "MASK_BOOL", "NEG_SCALE", "USE_TMA", "QUANT_Q", "Q_BUCKET", "KV_BUCKET"]
 # The output is written once per launch (no accumulation), so repeated timing runs need no reset.
 _fp8_attn_fwd = triton.autotune(do_bench=autotune_do_bench, configs=autotune_configs(CONFIGS), key=_KEY,
                                 prune_configs_by={"early_config_prune": _prune})(_fp8_attn_fwd_kernel)
@@ -348,23 +390,60 @@ def mask_operand(attn_mask, b: int, h_q: int, s_q: int, s_kv: int) -> tuple:
     kind = KEY_MASK if m4.stride(1) == 0 and m4.stride(2) == 0 else TILE_MASK
     return kind, is_bool, (m4,) + tuple(m4.stride())
 
+# The V^T copy: [BLOCK_S, D] tiles; the first config is the interpreter's.
+TRANSPOSE_CONFIGS = [triton.Config({"BLOCK_S": bs}, num_warps=w) for bs, w in
+                     ((64, 4), (128, 4), (128, 8), (256, 8), (64, 8), (256, 4))]
+# Every element is written once per launch, so repeated timing runs need no reset.
+_transpose_v = triton.autotune(do_bench=autotune_do_bench, configs=autotune_configs(TRANSPOSE_CONFIGS),
+                               key=["HEAD_DIM", "S_BUCKET"])(_transpose_v_kernel)
 
-def transpose_v(v: torch.Tensor) -> torch.Tensor:
+
+def transpose_v(v: torch.Tensor, *, config: "triton.Config | None" = None) -> torch.Tensor:
     """V^T for the kernel: a (B, H_kv, D, S_kv) view of v (B, S_kv, H_kv, D) with unit stride along S,
-    rows padded to a multiple of 16 keys (TMA needs 16-byte row strides; the padding is never read)."""
+    rows padded to a multiple of 16 keys (TMA needs 16-byte row strides; the padding is never read).
+    One autotuned Triton copy (``_transpose_v_kernel``, B*S_kv*H_kv*D bytes read and written);
+    ``config``: one of ``TRANSPOSE_CONFIGS`` instead of the autotuner's pick."""
+    if not isinstance(v, torch.Tensor):
+        raise TypeError(f"transpose_v: v must be a torch.Tensor, got {type(v).__name__}")
+    if v.dim() != 4 or v.element_size() != 1 or v.stride(-1) != 1:
+        raise ValueError(f"transpose_v: v must be a 4-D tensor of 1-byte elements with a unit last stride, got "
+                         f"{v.dtype} shape {tuple(v.shape)} strides {v.stride()}")
     b, s_kv, h_kv, d = v.shape
+    if h_kv > 65535 or b > 65535:  # grid axes 1 and 2
+        raise ValueError(f"transpose_v: H_kv={h_kv} and B={b} must be at most 65535 (CUDA grid limits)")
     buf = torch.empty((b, h_kv, d, -(-s_kv // 16) * 16), dtype=v.dtype, device=v.device)
     out = buf[..., :s_kv]
-    out.copy_(v.permute(0, 2, 3, 1))
+    if out.numel():
+        _transpose_into(v, out, config)
     return out
 
 
+def _transpose_into(v: torch.Tensor, out: torch.Tensor, config: "triton.Config | None" = None) -> None:
+    # out[b, h, d, s] = v[b, s, h, d]; both checked by the caller (the tests pass a poisoned out)
+    b, s_kv, h_kv, d = v.shape
+    src, dst = v.view(torch.uint8), out.view(torch.uint8)
+    args = ((src, src.stride(0), src.stride(1), src.stride(2)), (dst, dst.stride(0), dst.stride(1), dst.stride(2)),
+            s_kv)
+    consts = dict(HEAD_DIM=d, BLOCK_D=next_power_of_2(d), S_BUCKET=_bucket(s_kv))
+
+    def grid(meta):
+        return (triton.cdiv(s_kv, meta["BLOCK_S"]), h_kv, b)
+
+    launch(_transpose_v, grid, args, consts, config)
+
+
 def _check(q, k, v, descales, v_is_transposed: bool) -> None:
+    quant_q = descales[0] is None
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"FP8_TRITON: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype != torch.float8_e4m3fn:
-            raise TypeError(f"FP8_TRITON: {name} must be float8_e4m3fn, got {t.dtype}")
+        if name == "q" and quant_q:
+            if t.dtype not in (torch.bfloat16, torch.float16):
+                raise TypeError(f"FP8_TRITON: with q_descale=None, q must be bfloat16 or float16 (quantized in the "
+                                f"kernel), got {t.dtype}")
+        elif t.dtype != torch.float8_e4m3fn:
+            hint = " (or bf16/fp16 with q_descale=None)" if name == "q" else ""
+            raise TypeError(f"FP8_TRITON: {name} must be float8_e4m3fn{hint}, got {t.dtype}")
         if t.dim() != 4 or t.stride(-1) != 1:
             raise ValueError(f"FP8_TRITON: {name} must be 4-D with a unit last stride, got shape {tuple(t.shape)} "
                              f"strides {t.stride()}")
@@ -383,10 +462,12 @@ def _check(q, k, v, descales, v_is_transposed: bool) -> None:
     if h_q > 65535 or b > 65535:  # grid axes 1 and 2
         raise ValueError(f"FP8_TRITON: H_q={h_q} and B={b} must be at most 65535 (CUDA grid limits)")
     for name, t in zip(("q_descale", "k_descale", "v_descale"), descales):
+        if t is None and name == "q_descale":
+            continue
         if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or tuple(t.shape) != (b, h_kv):
             raise ValueError(f"FP8_TRITON: {name} must be float32 of shape (B, H_kv) = {(b, h_kv)}, got "
                              f"{getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}")
-    if not (q.device == k.device == v.device == descales[0].device == descales[1].device == descales[2].device):
+    if not all(t.device == q.device for t in (k, v, *descales) if t is not None):
         raise ValueError("FP8_TRITON: q, k, v and the descales must be on one device")
     if q.device.type == "cuda" and device_capability(q.device) < (8, 9):
         raise RuntimeError(f"FP8_TRITON needs FP8 tensor-core dots (SM89 or newer); {q.device} has compute "
@@ -401,7 +482,8 @@ def _tma_ok(k: torch.Tensor, vt: torch.Tensor, d: int) -> bool:
 def _triton_fp8_launch(q, k, v, q_descale, k_descale, v_descale, scale: float, causal: bool, attn_mask=None, *,
                        config: "triton.Config | None" = None, use_tma: "bool | None" = None,
                        v_is_transposed: bool = False) -> torch.Tensor:
-    """The seam: bf16 (B, S_q, H_q, D) attention of e4m3 q, k, v (module docstring). ``config``: one
+    """The seam: bf16 (B, S_q, H_q, D) attention of e4m3 q, k, v (module docstring); with
+    ``q_descale=None``, q is bf16/fp16 and the kernel quantizes it, one scale per query row. ``config``: one
     config of ``CONFIGS`` instead of the autotuner's pick; ``use_tma``: None picks TMA where it works
     (compiled SM90+, 16-byte aligned rows, D a power of two), False forces pointer loads, True
     requires TMA; ``v_is_transposed``: v is already ``transpose_v(v)``."""
@@ -426,10 +508,12 @@ def _triton_fp8_launch(q, k, v, q_descale, k_descale, v_descale, scale: float, c
     use_tma = tma_ok if use_tma is None else use_tma
     args = ((q, q.stride(0), q.stride(1), q.stride(2)), (k, k.stride(0), k.stride(1), k.stride(2)),
             (vt, vt.stride(0), vt.stride(1), vt.stride(2)), out,
-            tuple(t if t.is_contiguous() else t.contiguous() for t in descales), mask_args,
+            tuple(t if t.is_contiguous() else t.contiguous() for t in (k_descale if q_descale is None else q_descale,
+                                                                        k_descale, v_descale)), mask_args,
             (h_q, h_kv, s_q, s_kv), float(scale) * _LOG2E)
     consts = dict(HEAD_DIM=d, BLOCK_D=next_power_of_2(d), CAUSAL=bool(causal), MASK_KIND=kind, MASK_BOOL=mask_bool,
-                  NEG_SCALE=scale < 0, USE_TMA=use_tma, Q_BUCKET=_bucket(s_q), KV_BUCKET=_bucket(s_kv))
+                  NEG_SCALE=scale < 0, USE_TMA=use_tma, QUANT_Q=q_descale is None, Q_BUCKET=_bucket(s_q),
+                  KV_BUCKET=_bucket(s_kv))
 
     def grid(meta):
         return (triton.cdiv(s_q, meta["BLOCK_M"]), h_q, b)

@@ -274,7 +274,11 @@ def _visible_pairs(s: int, s_valid: int, causal: bool) -> int:
 def _triton_cases(sizes, fa3) -> Iterable[Case]:
     """FP8_TRITON rows (ops ``triton-sdpa`` / ``triton-sdpa-causal``) with their own bf16 FA3 / FP8 FA3
     baselines from the same run. D = 128 at every size; D = 64 and 256 at S = 16384 only (or the
-    first size given), to keep the suite's autotuning within its time."""
+    first size given), to keep the suite's autotuning within its time. Impls: ``fp8-fa3-kernel`` and
+    ``fp8-triton-kernel`` (pre-quantized payloads, V^T made beforehand), ``fp8-triton-launch`` (the
+    launcher's V^T copy included), ``fp8-triton`` (``fp8_sdpa`` end to end), ``fp8-triton-qk``
+    (``fp8_sdpa(q_in_kernel=True)``: the quantizer on K and V only), ``fp8-triton-keypad`` (a quarter
+    of the keys masked by a (B, 1, 1, S) bool mask)."""
     from attention import AttentionBackend, fp8_sdpa
     from attention.triton_fp8 import _triton_fp8_launch, transpose_v
     from fp8_quant import quantize_qkv
@@ -321,6 +325,9 @@ def _triton_cases(sizes, fa3) -> Iterable[Case]:
                 def e2e(qh=qh, kh=kh, vh=vh, causal=causal):
                     return fp8_sdpa(qh, kh, vh, is_causal=causal, backend=TRITON)
 
+                def e2e_qk(qh=qh, kh=kh, vh=vh, causal=causal):
+                    return fp8_sdpa(qh, kh, vh, is_causal=causal, backend=TRITON, q_in_kernel=True)
+
                 def keypad(p8=p8, ds=ds, vt=vt, causal=causal, scale=scale, pad=pad):
                     return _triton_fp8_launch(p8[0], p8[1], vt, *ds, scale, causal, pad, v_is_transposed=True)
 
@@ -347,6 +354,11 @@ def _triton_cases(sizes, fa3) -> Iterable[Case]:
                            size=s, baseline=key("bf16-fa3"), check=check_vs(e2e, bf16, bshd=False),
                            ratio_to=key("bf16-fa3"), target=harness.Target(1 / 1.15) if s >= 16384 else None,
                            note="fp8_sdpa end to end; ratio = time / bf16 FA3")
+                yield Case(suite=SUITE, op=op, impl="fp8-triton-qk", shape=shape, dtype="bf16", fn=e2e_qk, flops=flops,
+                           size=s, baseline=key("bf16-fa3"), check=check_vs(e2e_qk, bf16, bshd=False),
+                           ratio_to=key("bf16-fa3"), target=harness.Target(1 / 1.15) if s >= 16384 else None,
+                           note="fp8_sdpa(q_in_kernel=True) end to end: K/V quantizer pass, Q quantized in the "
+                                "kernel; ratio = time / bf16 FA3")
                 visible = _visible_pairs(s, s_valid, causal)
                 frac = visible / (s * s if not causal else s * (s + 1) / 2)
 

@@ -7,7 +7,8 @@ The interpreter stores bf16 as uint16 and fp8 as uint8 numpy arrays, and gets th
 2. fp32 -> bf16 casts (``create_fp_trunc``, also the implicit cast of ``tl.store``) truncate
    instead of rounding to nearest even.
 3. Casts to ``tl.float8e4nv`` do not carry a mantissa overflow into the exponent, round ties up,
-   and do not saturate; casts from it read the NaN encoding as 480.
+   and do not saturate; casts from it read the NaN encoding as 480, and so does ``tl.dot`` with
+   e4m3 operands (a NaN payload gives finite products).
 4. With numpy >= 2.4, a runtime scalar used as a loop bound (``for i in range(n)``,
    ``tl.range(0, n)``) fails: the interpreter's ``tensor.__index__`` calls ``int()`` on a
    1-element array, which numpy now refuses ("only 0-dimensional arrays can be converted").
@@ -101,9 +102,10 @@ def apply() -> None:
         return orig_fp_to_fp(self, src, dst_type, rounding_mode)
 
     def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
-        if a.dtype.scalar == tl.bfloat16 or b.dtype.scalar == tl.bfloat16:
-            a_f = convert(a.data, a.dtype.scalar, tl.float32) if a.dtype.scalar == tl.bfloat16 else a.data
-            b_f = convert(b.data, b.dtype.scalar, tl.float32) if b.dtype.scalar == tl.bfloat16 else b.data
+        if a.dtype.scalar in (tl.bfloat16, tl.float8e4nv) or b.dtype.scalar in (tl.bfloat16, tl.float8e4nv):
+            # both operands as exact fp32 values (e4m3 and bf16 widen exactly; NaN stays NaN)
+            a_f = convert(a.data, a.dtype.scalar, tl.float32) if a.dtype.scalar in handled else a.data
+            b_f = convert(b.data, b.dtype.scalar, tl.float32) if b.dtype.scalar in handled else b.data
             a = interp.TensorHandle(a_f.astype(np.float32), tl.float32)
             b = interp.TensorHandle(b_f.astype(np.float32), tl.float32)
         return orig_dot(self, a, b, d, input_precision, max_num_imprecise_acc)

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from attention import triton_fp8 as T
 from attention.reference import sqnr_db
 from attention.sdpa import _reference_fwd
+from fp8_quant import quantize_qkv
+from fp8_quant.reference import scales_from_amax
 from tests.conftest import DEVICE, HAS_CUDA
 from tests.isolated_configs import check_configs, run_configs
 
@@ -136,6 +138,44 @@ def test_v_transposed_input_and_padding_never_read(gen):
     a = T._triton_fp8_launch(q, k, vt, qd, kd, vd, 0.1, True, v_is_transposed=True, config=SMALL)
     b = T._triton_fp8_launch(q, k, v, qd, kd, vd, 0.1, True, config=SMALL)
     assert torch.equal(a, b) and not a.isnan().any()
+
+
+def _fp8(gen, *shape):
+    return (torch.randn(*shape, generator=gen, device=DEVICE) * 50).to(torch.float8_e4m3fn)
+
+
+@pytest.mark.parametrize("shape", [(1, 37, 2, 64), (2, 5, 3, 96), (1, 130, 1, 128), (1, 300, 2, 192),
+                                   (1, 17, 2, 256)], ids=str)
+def test_transpose_v_matches_permute(gen, shape):
+    """``transpose_v``'s Triton copy equals ``v.permute(0, 2, 3, 1)`` byte for byte: into a buffer
+    poisoned with e4m3 NaN (0x7F) whose 16-key padding it leaves untouched, and from a strided view.
+    ``config``: every one of ``TRANSPOSE_CONFIGS`` on a GPU, the interpreter's one on CPU."""
+    v = _fp8(gen, *shape)
+    b, s, h, d = shape
+    want = v.permute(0, 2, 3, 1).view(torch.uint8)
+    configs = T.TRANSPOSE_CONFIGS if HAS_CUDA else T.TRANSPOSE_CONFIGS[:1]
+    for cfg in [None, *configs]:
+        buf = torch.full((b, h, d, -(-s // 16) * 16), 0x7F, dtype=torch.uint8, device=DEVICE)
+        T._transpose_into(v, buf[..., :s].view(torch.float8_e4m3fn), cfg)
+        assert torch.equal(buf[..., :s], want), cfg
+        assert (buf[..., s:] == 0x7F).all(), cfg
+    view = _fp8(gen, b, s, h + 1, d)[:, :, 1:]  # strided along S and B
+    vt = T.transpose_v(view)
+    assert vt.shape == (b, h, d, s) and vt.stride(-1) == 1 and vt.stride(2) == -(-s // 16) * 16
+    assert torch.equal(vt.view(torch.uint8), view.permute(0, 2, 3, 1).view(torch.uint8))
+
+
+def test_transpose_v_refuses_bad_input(gen):
+    v = _fp8(gen, 1, 8, 2, 64)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        T.transpose_v(v.tolist())
+    with pytest.raises(ValueError, match="1-byte"):
+        T.transpose_v(v.to(torch.bfloat16))
+    with pytest.raises(ValueError, match="4-D"):
+        T.transpose_v(v[0])
+    with pytest.raises(ValueError, match="unit last stride"):
+        T.transpose_v(v.transpose(2, 3))
+    assert T.transpose_v(v[:, :0]).shape == (1, 2, 64, 0)
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="the GPU tests run the TMA path compiled")
@@ -260,6 +300,91 @@ def test_causal_and_mask_together(gen):
 # Validation and edge cases
 # ---------------------------------------------------------------------------------------------
 
+# ---------------------------------------------------------------------------------------------
+# Q quantized in the kernel (q_descale=None): one e4m3 scale per query row
+# ---------------------------------------------------------------------------------------------
+
+def _row_quantized(q):
+    """The kernel's Q payload and per-row descale, in PyTorch: amax over D, ``scales_from_amax``,
+    fp32 multiply, round to e4m3 (the quantizer's policy)."""
+    scale, descale = scales_from_amax(q.float().abs().amax(-1))
+    return (q.float() * scale[..., None]).to(torch.float8_e4m3fn), descale
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_quant_q_equals_prequantized_when_rows_share_a_scale(gen, dtype, causal):
+    """Rows of one GQA group with the same amax: the per-row scale is the group's, so the kernel's
+    in-kernel Q payload is the pre-quantized one and both paths give the same output (the scale
+    product differs by fp32 rounding only). Several key blocks, odd sizes, GQA 2."""
+    _, k, v, _, kd, vd = payloads(gen, 2, 45, 70, 4, 2, 64, boost=True)
+    q = (torch.randn(2, 45, 4, 64, generator=gen, device=DEVICE) * 3).clamp(-10.0, 10.0)
+    q[..., :2] = 200.0 / 40  # the boost of ``payloads`` (its dominant key), at Q's scale
+    q[..., 5] = 11.0  # every row's amax
+    q = q.to(dtype)
+    q8, row_descale = _row_quantized(q)
+    assert torch.equal(row_descale, row_descale[:1, :1, :1].expand_as(row_descale))
+    qd = row_descale[:, 0, ::2].contiguous()  # (B, H_kv): the shared value
+    out = T._triton_fp8_launch(q, k, v, None, kd, vd, 0.1, causal, config=SMALL)
+    pre = T._triton_fp8_launch(q8, k, v, qd, kd, vd, 0.1, causal, config=SMALL)
+    assert out.dtype == torch.bfloat16 and not out.isnan().any()
+    assert sqnr_db(out, pre) >= TIGHT_DB, sqnr_db(out, pre)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_quant_q_matches_float64_per_row(gen, causal):
+    """Rows of very different sizes: close to float64 SDPA of the per-row dequantized Q, and as close
+    to the exact (unquantized) answer as one scale per head."""
+    _, k, v, qd, kd, vd = payloads(gen, 1, 77, 90, 4, 2, 128)
+    q = torch.randn(1, 77, 4, 128, generator=gen, device=DEVICE)
+    q = (q * torch.logspace(-2, 1, 77, device=DEVICE)[None, :, None, None]).to(torch.bfloat16)
+    out = T._triton_fp8_launch(q, k, v, None, kd, vd, 128 ** -0.5, causal)
+    q8, row_descale = _row_quantized(q)
+    ones = torch.ones_like(kd)
+    want = f64_sdpa(q8.double() * row_descale.double()[..., None], k, v, ones, kd, vd, 128 ** -0.5, causal)
+    exact = f64_sdpa(q.double(), k, v, ones, kd, vd, 128 ** -0.5, causal)
+    assert sqnr_db(out, want) >= 30.0, sqnr_db(out, want)
+    # e4m3 is floating point: a row's own scale gains only where the head's scale would push the row
+    # below e4m3's normal range (values under 2^-6 / 448 of the head's amax), so equal accuracy here
+    head = quantize_qkv(q, k.to(torch.bfloat16), v.to(torch.bfloat16), layout="BSHD")  # one scale per group
+    per_head = T._triton_fp8_launch(head.q, k, v, head.q_descale, kd, vd, 128 ** -0.5, causal)
+    assert sqnr_db(out, exact) >= sqnr_db(per_head, exact) - 0.5, (sqnr_db(out, exact), sqnr_db(per_head, exact))
+
+
+@pytest.mark.parametrize("bad", ["nan_descale", "inf_descale", "nan_k"])
+def test_non_finite_head_is_nan_never_zero(gen, bad):
+    """A NaN or infinite descale, or a NaN key, makes every row that reads it NaN (as FA3 does), never
+    the 0 of a row with no visible key; the other (batch, KV head)s are unchanged bit for bit."""
+    q, k, v, qd, kd, vd = payloads(gen, 2, 30, 40, 4, 2, 64)
+    clean = T._triton_fp8_launch(q, k, v, qd, kd, vd, 0.1, False)
+    if bad == "nan_k":
+        k = k.clone()
+        k[1, 7, 0, 3] = float("nan")
+    else:
+        qd = qd.clone()
+        qd[1, 0] = float("nan") if bad == "nan_descale" else float("inf")
+    out = T._triton_fp8_launch(q, k, v, qd, kd, vd, 0.1, False)
+    assert out[1, :, :2].isnan().all()  # batch 1, query heads 0 and 1 (KV head 0)
+    keep = torch.ones(2, 4, dtype=torch.bool, device=DEVICE)
+    keep[1, :2] = False
+    assert torch.equal(out.transpose(1, 2)[keep], clean.transpose(1, 2)[keep])
+
+
+def test_quant_q_nan_row_stays_in_its_row(gen):
+    """A NaN in one query row makes that row's output NaN (its scale is NaN) and leaves every other
+    row bit for bit as it was (per-row scales: nothing else reads it)."""
+    _, k, v, _, kd, vd = payloads(gen, 1, 40, 50, 2, 2, 64)
+    q = torch.randn(1, 40, 2, 64, generator=gen, device=DEVICE).to(torch.bfloat16)
+    clean = T._triton_fp8_launch(q, k, v, None, kd, vd, 0.1, True)
+    bad = q.clone()
+    bad[0, 17, 1, 3] = float("nan")
+    out = T._triton_fp8_launch(bad, k, v, None, kd, vd, 0.1, True)
+    assert out[0, 17, 1].isnan().all()
+    keep = torch.ones(40, 2, dtype=torch.bool, device=DEVICE)
+    keep[17, 1] = False
+    assert torch.equal(out[0][keep], clean[0][keep])
+
+
 def test_empty_inputs_return_empty(gen):
     q, k, v, qd, kd, vd = payloads(gen, 1, 8, 8, 2, 2, 64)
     assert T._triton_fp8_launch(q[:, :0], k, v, qd, kd, vd, 0.1, True).shape == (1, 0, 2, 64)
@@ -272,7 +397,8 @@ def test_empty_inputs_return_empty(gen):
     ("d80", ValueError, "head dim D=80"), ("heads", ValueError, "multiple of H_kv"),
     ("descale", ValueError, "q_descale must be float32"), ("s_kv0", ValueError, "S_kv=0"),
     ("mask_shape", ValueError, "does not broadcast"), ("mask_dtype", ValueError, "attn_mask dtype torch.int32"),
-    ("v_shape", ValueError, "do not match"),
+    ("v_shape", ValueError, "do not match"), ("quant_q_fp32", TypeError, "bfloat16 or float16"),
+    ("quant_q_e4m3", TypeError, "bfloat16 or float16"),
 ])
 def test_refusals(gen, case, err, match):
     d = 80 if case == "d80" else 64
@@ -292,6 +418,9 @@ def test_refusals(gen, case, err, match):
         mask = torch.ones(8, 8, dtype=torch.int32, device=DEVICE)
     if case == "v_shape":
         v = v[:, :7]
+    if case.startswith("quant_q"):  # q_descale=None: q must be bf16/fp16
+        qd = None
+        q = q.float() if case == "quant_q_fp32" else q
     with pytest.raises(err, match=match):
         T._triton_fp8_launch(q, k, v, qd, kd, vd, 0.1, False, mask)
 
@@ -317,9 +446,11 @@ target = GPUTarget("cuda", 90, 32)
 backend = make_backend(target)
 fn = T._fp8_attn_fwd_kernel
 
-def aot(d, causal, mask, use_tma, cfg):
+def aot(d, causal, mask, use_tma, cfg, quant_q=False):
     b, s, h = 1, 512, 4
     q, k = (torch.empty(b, s, h, d, dtype=torch.float8_e4m3fn) for _ in range(2))
+    if quant_q:
+        q = torch.empty(b, s, h, d, dtype=torch.bfloat16)
     vt = torch.empty(b, h, d, s, dtype=torch.float8_e4m3fn)
     out = torch.empty(b, s, h, d, dtype=torch.bfloat16)
     kind, is_bool, margs = T.mask_operand(mask, b, h, s, s)
@@ -327,15 +458,16 @@ def aot(d, causal, mask, use_tma, cfg):
             (vt, vt.stride(0), vt.stride(1), vt.stride(2)), out, tuple(torch.empty(b, h) for _ in range(3)),
             (margs[0] if margs[0] is not None else q,) + margs[1:], (h, h, s, s), 0.18)
     kw = dict(HEAD_DIM=d, BLOCK_D=d, CAUSAL=causal, MASK_KIND=kind, MASK_BOOL=is_bool, NEG_SCALE=False,
-              USE_TMA=use_tma, Q_BUCKET=512, KV_BUCKET=512, debug=False, **cfg.all_kwargs())
+              USE_TMA=use_tma, QUANT_Q=quant_q, Q_BUCKET=512, KV_BUCKET=512, debug=False, **cfg.all_kwargs())
     bound, spec, options = create_function_from_signature(fn.signature, fn.params, backend)(*args, **kw)
     options, signature, constexprs, attrs = fn._pack_args(backend, kw, bound, spec, options)
     return compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
 
 kp = torch.ones(1, 1, 1, 512, dtype=torch.bool)
-for name, d, causal, mask, tma in (("d128-causal-tma", 128, True, None, True),
-                                   ("d64-keymask-ptr", 64, False, kp, False)):
-    ptx = aot(d, causal, mask, tma, T.CONFIGS[0]).asm["ptx"]
+for name, d, causal, mask, tma, qq in (("d128-causal-tma", 128, True, None, True, False),
+                                       ("d64-keymask-ptr", 64, False, kp, False, False),
+                                       ("d128-quantq-tma", 128, True, None, True, True)):
+    ptx = aot(d, causal, mask, tma, T.CONFIGS[0], qq).asm["ptx"]
     print("AOT", name, len(re.findall(r"wgmma\.mma_async\S*\.e4m3\.e4m3", ptx)),
           len(re.findall(r"mma\.sync\S*e4m3", ptx)), int("cp.async.bulk.tensor" in ptx))
 """
@@ -344,7 +476,8 @@ for name, d, causal, mask, tma in (("d128-causal-tma", 128, True, None, True),
 def test_first_config_compiles_for_sm90_with_fp8_wgmma():
     """Without a GPU: triton compiles the kernel for SM90 (the wheel's ptxas), in a process without
     the interpreter. Both dots must be e4m3 wgmma (V^T makes P @ V's B operand K-major; a V in the
-    wrong order would fall back to mma.sync), and the TMA variant must use TMA loads."""
+    wrong order would fall back to mma.sync), and the TMA variants must use TMA loads; Q quantized in
+    the kernel (QUANT_Q) too."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     r = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT,
@@ -353,6 +486,7 @@ def test_first_config_compiles_for_sm90_with_fp8_wgmma():
     lines = {ln.split()[1]: [int(x) for x in ln.split()[2:]] for ln in r.stdout.splitlines() if ln.startswith("AOT")}
     assert lines["d128-causal-tma"][0] > 0 and lines["d128-causal-tma"][1] == 0 and lines["d128-causal-tma"][2] == 1
     assert lines["d64-keymask-ptr"][0] > 0 and lines["d64-keymask-ptr"][1] == 0 and lines["d64-keymask-ptr"][2] == 0
+    assert lines["d128-quantq-tma"][0] > 0 and lines["d128-quantq-tma"][1] == 0 and lines["d128-quantq-tma"][2] == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,6 +529,10 @@ def _check_configs(d: int, use_tma: bool, start: int = 0) -> None:
     mask = (torch.arange(1500, device="cuda") < 1200)[None, None, None]  # key padding (fast path)
     runs = [(causal, m, f64_sdpa(*args, 0.1, causal, m)) for causal, m in ((True, None), (False, mask))]
     ref_db = [sqnr_db(_reference_fwd(*args, 0.1, causal, m), want) for causal, m, want in runs]
+    qb = (torch.randn(1, 1000, 8, d, generator=gen, device="cuda") * 5).to(torch.bfloat16)  # QUANT_Q
+    q8, row_descale = _row_quantized(qb)
+    want_qq = f64_sdpa(q8.double() * row_descale.double()[..., None], *args[1:3], torch.ones_like(args[4]),
+                       *args[4:], 0.1, True, mask)
 
     def check(cfg):
         for (causal, m, want), ref in zip(runs, ref_db):
@@ -403,6 +541,10 @@ def _check_configs(d: int, use_tma: bool, start: int = 0) -> None:
             db = sqnr_db(out, want)
             if not db >= ref - 1.0:
                 return f"SQNR {db:.2f} dB (causal={causal}, reference {ref:.2f} dB)"
+        out = T._triton_fp8_launch(qb, *args[1:3], None, *args[4:], 0.1, True, mask, config=cfg, use_tma=use_tma)
+        db = sqnr_db(out, want_qq)
+        if not db >= 30.0:  # the interpreter measures 37-39 dB for this path at D = 64
+            return f"QUANT_Q SQNR {db:.2f} dB against the per-row dequantized float64 answer"
         return None
 
     check_configs(T.configs_for(d), start, check)
@@ -424,6 +566,8 @@ import torch
 from attention import triton_fp8 as T  # first: the config list is read at import, before tests.conftest
 
 from attention.sdpa import _reference_fwd
+from fp8_quant import quantize_qkv
+from fp8_quant.reference import scales_from_amax
 from attention.reference import sqnr_db
 from tests.attention.test_triton_fp8 import f64_sdpa, payloads
 gen = torch.Generator(device="cuda").manual_seed(1)
