@@ -158,7 +158,7 @@ def _fp8_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_d
                           backend: str, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """q (B, S_q, H_q, D), k (B, S_kv, H_kv, D), v (B, S_kv, H_kv, D_v): e4m3, last dim contiguous
     (BSHD views of BHSD tensors are fine); descales (B, H_kv) float32 (q_descale None: q is bf16/fp16,
-    quantized inside the FP8_TRITON kernel, one scale per query row); attn_mask broadcastable to
+    quantized inside the FP8_TRITON kernel, one scale per tile of query rows); attn_mask broadcastable to
     (B, H_q, S_q, S_kv) or None. Returns bf16 (B, S_q, H_q, D_v), causal top-left."""
     return _attention_fwd(q, k, v, q_descale, k_descale, v_descale, scale, causal, AttentionBackend(backend),
                           attn_mask)
@@ -401,10 +401,11 @@ def fp8_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_m
     or V carries a per-channel bias that would otherwise set the FP8 scale.
 
     ``q_in_kernel`` (bool, default off; FP8_TRITON only, ``hadamard`` NONE or V_ONLY): the quantizer
-    pass runs on K and V only, and the kernel reads bf16/fp16 Q and quantizes each query row with its
-    own scale (the quantizer's policy on the row's amax) as it loads it: a third less quantizer
-    traffic, and a NaN or Inf in Q poisons only its own row. Not the bits of the default path (there
-    Q has one scale per (batch, GQA group)); as accurate (tests/attention/test_sdpa.py).
+    pass runs on K and V only, and the kernel reads bf16/fp16 Q and quantizes each tile of query rows
+    it loads (64 or 128 rows of one head, the kernel's tile) with that tile's own scale (the
+    quantizer's policy on the tile's amax): a third less quantizer traffic, and a NaN or Inf in Q
+    poisons only its tile. Not the bits of the default path (there Q has one scale per (batch, GQA
+    group)); as accurate (``tests/attention/test_sdpa.py``).
 
     >>> q, k, v = torch.randn(3, 1, 2, 64, 64, dtype=torch.bfloat16)
     >>> out = fp8_sdpa(q, k, v, is_causal=True, backend="FP8_REFERENCE")

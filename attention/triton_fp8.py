@@ -28,10 +28,16 @@ torch's default CPU SDPA does). A row whose keys are all masked returns 0, as
 negative bias instead gives the average of V, as in torch).
 
 V^T. Hopper's FP8 wgmma needs its B operand K-major, so P @ V reads V^T: (B, H_kv, D, S_kv) with S
-contiguous (rows padded to a multiple of 16 keys for TMA). ``transpose_v`` builds it (one e4m3 copy,
-B*S_kv*H_kv*D bytes read and written, in the launcher); the quantizer could write V in that layout
-directly (its quantize pass stores [rows, D] tiles: store them transposed, index
-``(b, h, d, s)``), which removes the copy.
+contiguous (rows padded to a multiple of 16 keys for TMA). ``transpose_v`` builds it in the launcher:
+one autotuned Triton copy (``_transpose_v_kernel``, B*S_kv*H_kv*D bytes read and written; 96% of
+``torch.clone``'s bandwidth on the H200 at S = 16384, 39 us, where torch's permuted copy took 394 us).
+The quantizer could write V in that layout directly (its quantize pass stores [rows, D] tiles: store
+them transposed, index ``(b, h, d, s)``), which would remove the copy.
+
+Q quantized in the kernel (``q_descale=None``, ``fp8_sdpa(..., q_in_kernel=True)``): q is bf16/fp16;
+each program quantizes its [BLOCK_M, D] tile with one scale (448 / the tile's NaN-propagating amax,
+``hadamard_kernels.triton_helpers.e4m3_scales``, the quantizer's policy) and folds the descale into
+its score scale, so the key loop is the pre-quantized one and the quantizer pass skips Q.
 
 Kernel: one program per BLOCK_M queries of one (batch, query head), grid (query blocks, H_q, B),
 causal query blocks heaviest first. Two loops over key blocks: first the blocks that need no bounds
@@ -45,7 +51,8 @@ attention loop.
 Seam: ``_triton_fp8_launch(q, k, v, q_descale, k_descale, v_descale, scale, causal, attn_mask=None, *,
 config=None, use_tma=None, v_is_transposed=False)``: ``config`` forces a ``triton.Config`` of
 ``CONFIGS`` (``hadamard_kernels.runtime.launch``), ``use_tma`` forces pointer loads (False) or TMA,
-``v_is_transposed`` takes V as ``transpose_v`` returns it.
+``v_is_transposed`` takes V as ``transpose_v`` returns it; ``q_descale=None`` with a bf16/fp16 q
+quantizes Q in the kernel.
 """
 
 from __future__ import annotations
@@ -100,24 +107,14 @@ def _key_range(kp_ptr, stride_n, hi, MASK_BOOL: tl.constexpr):
 
 
 @triton.jit
-def _per_row(x, QUANT_Q: tl.constexpr):
-    # qk_scale against a [BLOCK_M, BLOCK_N] tile: a scalar, or one value per query row with QUANT_Q
-    if QUANT_Q:
-        return x[:, None]
-    else:
-        return x
-
-
-@triton.jit
 def _attend(acc, l_i, m_i, qt, offs_m, lo, hi, qk_scale, kv, msk, sizes,
             BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr,
             CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASK_BOOL: tl.constexpr, NEG_SCALE: tl.constexpr,
-            USE_TMA: tl.constexpr, QUANT_Q: tl.constexpr):
+            USE_TMA: tl.constexpr):
     # Key blocks [lo, hi) (lo a multiple of BLOCK_N) into the online softmax of rows offs_m.
     # kv = (K source, K row stride, V^T source, V^T row stride): TMA descriptors or base pointers of
     # this (batch, KV head); msk = (base, stride_m, stride_n) of this program's mask rows. MASKED:
-    # the bounds (key < S_KV) and causal masks, needed only in the last blocks. qk_scale: a scalar, or
-    # [BLOCK_M] (one per query row) with QUANT_Q.
+    # the bounds (key < S_KV) and causal masks, needed only in the last blocks.
     BM: tl.constexpr = qt.shape[0]
     S_Q = sizes[2]
     S_KV = sizes[3]
@@ -143,7 +140,7 @@ def _attend(acc, l_i, m_i, qt, offs_m, lo, hi, qk_scale, kv, msk, sizes,
                 vt = tl.load(v_ptrs)
         qk = tl.dot(qt, tl.trans(kt))
         if MASKED or MASK_KIND != 0:
-            s = qk * _per_row(qk_scale, QUANT_Q)
+            s = qk * qk_scale
             if MASK_KIND == 1:  # key padding: one bias per key
                 mk = tl.load(msk[0] + offs_n * msk[2], mask=offs_n < S_KV, other=0)
                 s = s + _bias(mk, MASK_BOOL)[None, :]
@@ -163,13 +160,13 @@ def _attend(acc, l_i, m_i, qt, offs_m, lo, hi, qk_scale, kv, msk, sizes,
             else:
                 m_use = m_new
             p = tl.math.exp2(s - (m_use - _P_OFFSET_C)[:, None])
-        else:  # the max of qk * c is max(qk) * c for c >= 0 (min(qk) * c for c < 0; every c of a row has one sign)
+        else:  # the max of qk * c is max(qk) * c for c >= 0 (min(qk) * c for c < 0)
             if NEG_SCALE:
                 m_new = tl.maximum(m_i, tl.min(qk, 1) * qk_scale)
             else:
                 m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
             m_use = m_new
-            p = tl.math.exp2(qk * _per_row(qk_scale, QUANT_Q) - (m_use - _P_OFFSET_C)[:, None])
+            p = tl.math.exp2(qk * qk_scale - (m_use - _P_OFFSET_C)[:, None])
         alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
@@ -190,8 +187,9 @@ def _fp8_attn_fwd_kernel(q, k, vt, o_ptr, descale, mask, sizes, sm_scale_log2,
     # (B, H_KV) contiguous; mask = (ptr, stride_b, stride_h, stride_m, stride_n) of a mask broadcast to
     # (B, H_Q, S_Q, S_KV) (bool as uint8); sizes = (H_Q, H_KV, S_Q, S_KV); sm_scale_log2 = scale *
     # log2(e). One program: BLOCK_M query rows of one (batch, query head) against all their keys.
-    # QUANT_Q: q is bf16/fp16 instead, quantized here with one scale per query row (the quantizer's
-    # policy, ``e4m3_scales`` of the row's NaN-propagating amax); descale[0] is then not read.
+    # QUANT_Q: q is bf16/fp16 instead, quantized here with one scale for the program's BLOCK_M rows
+    # (the quantizer's policy: ``e4m3_scales`` of the tile's NaN-propagating amax), so the key loop
+    # is the pre-quantized one; descale[0] is then not read.
     # Q_BUCKET / KV_BUCKET only key the autotuner.
     H_Q, H_KV, S_Q, S_KV = sizes[0], sizes[1], sizes[2], sizes[3]
     if CAUSAL:  # the last query blocks see the most keys: start them first
@@ -210,8 +208,8 @@ def _fp8_attn_fwd_kernel(q, k, vt, o_ptr, descale, mask, sizes, sm_scale_log2,
     qt = tl.load(q_base + (tl.arange(0, BLOCK_M)[:, None] * q[2] + offs_d[None, :]), mask=q_ok, other=0.0)
     if QUANT_Q:
         qf = qt.to(tl.float32)
-        q_scale, q_descale = e4m3_scales(tl.max(abs_bits(qf), 1).to(tl.float32, bitcast=True))
-        qt = to_e4m3(qf, q_scale[:, None])
+        q_scale, q_descale = e4m3_scales(tl.max(tl.max(abs_bits(qf), 1), 0).to(tl.float32, bitcast=True))
+        qt = to_e4m3(qf, q_scale)
         qk_scale = (sm_scale_log2 * tl.load(descale[1] + bh_kv)) * q_descale
     else:
         qk_scale = sm_scale_log2 * tl.load(descale[0] + bh_kv) * tl.load(descale[1] + bh_kv)
@@ -250,9 +248,9 @@ def _fp8_attn_fwd_kernel(q, k, vt, o_ptr, descale, mask, sizes, sm_scale_log2,
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     acc, l_i, m_i = _attend(acc, l_i, m_i, qt, offs_m, lo, n_full, qk_scale, kv, msk, sizes, BLOCK_N, HEAD_DIM,
-                            BLOCK_D, False, CAUSAL, MASK_KIND, MASK_BOOL, NEG_SCALE, USE_TMA, QUANT_Q)
+                            BLOCK_D, False, CAUSAL, MASK_KIND, MASK_BOOL, NEG_SCALE, USE_TMA)
     acc, l_i, m_i = _attend(acc, l_i, m_i, qt, offs_m, n_full, hi, qk_scale, kv, msk, sizes, BLOCK_N, HEAD_DIM,
-                            BLOCK_D, True, CAUSAL, MASK_KIND, MASK_BOOL, NEG_SCALE, USE_TMA, QUANT_Q)
+                            BLOCK_D, True, CAUSAL, MASK_KIND, MASK_BOOL, NEG_SCALE, USE_TMA)
 
     # O = acc * v_descale / l; rows with no visible key (l = 0) are 0; a NaN l (a NaN or infinite
     # score or descale) stays NaN, never 0
@@ -483,7 +481,8 @@ def _triton_fp8_launch(q, k, v, q_descale, k_descale, v_descale, scale: float, c
                        config: "triton.Config | None" = None, use_tma: "bool | None" = None,
                        v_is_transposed: bool = False) -> torch.Tensor:
     """The seam: bf16 (B, S_q, H_q, D) attention of e4m3 q, k, v (module docstring); with
-    ``q_descale=None``, q is bf16/fp16 and the kernel quantizes it, one scale per query row. ``config``: one
+    ``q_descale=None``, q is bf16/fp16 and the kernel quantizes it, one scale per block of BLOCK_M
+    query rows of a head (the config's tile). ``config``: one
     config of ``CONFIGS`` instead of the autotuner's pick; ``use_tma``: None picks TMA where it works
     (compiled SM90+, 16-byte aligned rows, D a power of two), False forces pointer loads, True
     requires TMA; ``v_is_transposed``: v is already ``transpose_v(v)``."""

@@ -499,7 +499,7 @@ def test_triton_masked_compile_fullgraph_no_recompile(gen, fast_quant):
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_q_in_kernel_matches_float64(gen, causal):
-    """``q_in_kernel``: K/V through the quantizer, Q quantized per row by the kernel. GQA 2, odd S_q !=
+    """``q_in_kernel``: K/V through the quantizer, Q quantized tile by tile in the kernel. GQA 2, odd S_q !=
     S_kv, with both smoothings, fp16 too, a strided Q: as accurate as the default path (>= 25 dB
     against float64), and not the same bits (the rows' own scales)."""
     q = randn(gen, 1, 4, 45, 64)
