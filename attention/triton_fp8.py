@@ -92,18 +92,27 @@ def _bias(m, MASK_BOOL: tl.constexpr):
 
 @triton.jit
 def _key_range(kp_ptr, stride_n, hi, MASK_BOOL: tl.constexpr):
-    # Key padding: (first valid key, last valid key + 1) among keys [0, hi), (hi, 0) when none.
+    # Key padding: (first valid key, last valid key + 1, plain) among keys [0, hi), (hi, 0, .) when
+    # none; plain: the valid keys form one run [first, last) and their bias is 0 (a bool mask, or a
+    # float mask of 0 / -inf), so bounds alone apply the mask.
     first = hi + tl.zeros([], dtype=tl.int32)
     last = tl.zeros([], dtype=tl.int32)
+    count = tl.zeros([], dtype=tl.int32)
+    zeros = tl.zeros([], dtype=tl.int32)
     for c in range(0, hi, _SCAN_C):
         offs = c + tl.arange(0, _SCAN_C)
         if MASK_BOOL:
             ok = tl.load(kp_ptr + offs * stride_n, mask=offs < hi, other=0) != 0
+            zero = ok
         else:
-            ok = tl.load(kp_ptr + offs * stride_n, mask=offs < hi, other=float("-inf")).to(tl.float32) > float("-inf")
+            bias = tl.load(kp_ptr + offs * stride_n, mask=offs < hi, other=float("-inf")).to(tl.float32)
+            ok = bias > float("-inf")
+            zero = bias == 0.0
         first = tl.minimum(first, tl.min(tl.where(ok, offs, hi), 0))
         last = tl.maximum(last, tl.max(tl.where(ok, offs + 1, 0), 0))
-    return first, last
+        count += tl.sum(ok.to(tl.int32), 0)
+        zeros += tl.sum(zero.to(tl.int32), 0)
+    return first, last, (count == last - first) & (zeros == count)
 
 
 @triton.jit
@@ -223,7 +232,7 @@ def _fp8_attn_fwd_kernel(q, k, vt, o_ptr, descale, mask, sizes, sm_scale_log2,
     lo = 0
     if MASK_KIND == 1:
         m_base = mask[0] + b.to(tl.int64) * mask[1]
-        first, last = _key_range(m_base, mask[4], hi, MASK_BOOL)
+        first, last, plain = _key_range(m_base, mask[4], hi, MASK_BOOL)
         lo = (first // BLOCK_N) * BLOCK_N
         hi = tl.minimum(hi, last)
     elif MASK_KIND == 2:
@@ -247,8 +256,16 @@ def _fp8_attn_fwd_kernel(q, k, vt, o_ptr, descale, mask, sizes, sm_scale_log2,
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    acc, l_i, m_i = _attend(acc, l_i, m_i, qt, offs_m, lo, n_full, qk_scale, kv, msk, sizes, BLOCK_N, HEAD_DIM,
+    # Key padding with one run of valid keys and bias 0: the blocks from the first whole block of
+    # valid keys up to n_full need no bias (the fast loop); the blocks before take the per-key bias
+    plain_from = n_full
+    if MASK_KIND == 1:
+        plain_from = tl.where(plain, tl.minimum(tl.cdiv(first, BLOCK_N) * BLOCK_N, n_full), n_full)
+    acc, l_i, m_i = _attend(acc, l_i, m_i, qt, offs_m, lo, plain_from, qk_scale, kv, msk, sizes, BLOCK_N, HEAD_DIM,
                             BLOCK_D, False, CAUSAL, MASK_KIND, MASK_BOOL, NEG_SCALE, USE_TMA)
+    if MASK_KIND == 1:
+        acc, l_i, m_i = _attend(acc, l_i, m_i, qt, offs_m, plain_from, n_full, qk_scale, kv, msk, sizes, BLOCK_N,
+                                HEAD_DIM, BLOCK_D, False, CAUSAL, 0, MASK_BOOL, NEG_SCALE, USE_TMA)
     acc, l_i, m_i = _attend(acc, l_i, m_i, qt, offs_m, n_full, hi, qk_scale, kv, msk, sizes, BLOCK_N, HEAD_DIM,
                             BLOCK_D, True, CAUSAL, MASK_KIND, MASK_BOOL, NEG_SCALE, USE_TMA)
 

@@ -239,25 +239,30 @@ def test_masks_many_key_blocks(gen, form):
         check(payloads(gen, 2, 90, 150, 4, 1, 64, boost=True), 0.1, causal, mask, config=SMALL)
 
 
-def test_key_padding_skips_fully_masked_blocks(gen):
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_key_padding_skips_fully_masked_blocks(gen, causal):
     """Keys outside [first valid, last valid] of each batch are never read: their K/V payloads are NaN
-    here, yet the output is finite and matches the reference computed on clean payloads."""
+    here, yet the output is finite and matches the reference computed on clean payloads. Batch 0's
+    valid keys are one run starting inside a block (the bounds-only path: no per-key bias), batch 1's
+    have a hole (the per-key bias path); causal: rows before the first valid key see none (0)."""
     # the first valid key of each batch dominates its rows: a tight comparison over many blocks
-    q, k, v, qd, kd, vd = payloads(gen, 2, 64, 256, 2, 1, 64, boost=True, boost_key=(40, 100))
+    q, k, v, qd, kd, vd = payloads(gen, 2, 200 if causal else 64, 256, 2, 1, 64, boost=True, boost_key=(40, 100))
     valid = torch.zeros(2, 256, dtype=torch.bool, device=DEVICE)
     valid[0, 40:150] = True
     valid[1, 100:190] = True
     valid[1, 120:130] = False  # a hole: computed with -inf bias, not skipped
     mask = valid[:, None, None, :]
-    want = _reference_fwd(q, k, v, qd, kd, vd, 0.1, False, mask)
+    want = _reference_fwd(q, k, v, qd, kd, vd, 0.1, causal, mask)
     poisoned_k, poisoned_v = k.clone(), v.clone()
     for bi, (lo, hi) in enumerate(((32, 160), (96, 192))):  # the 32-key blocks holding valid keys
         for t in (poisoned_k, poisoned_v):
             t.view(torch.uint8)[bi, :lo] = 0x7F  # e4m3 NaN
             t.view(torch.uint8)[bi, hi:] = 0x7F
-    out = T._triton_fp8_launch(q, poisoned_k, poisoned_v, qd, kd, vd, 0.1, False, mask, config=SMALL)
+    out = T._triton_fp8_launch(q, poisoned_k, poisoned_v, qd, kd, vd, 0.1, causal, mask, config=SMALL)
     assert not out.isnan().any()
     assert sqnr_db(out, want) >= TIGHT_DB
+    if causal:
+        assert (out[0, :40] == 0).all() and (out[1, :100] == 0).all() and (out[0, 40:] != 0).any(dim=-1).all()
 
 
 @pytest.mark.parametrize("form", ["bool_row", "neg_inf_row", "key_all_masked"])
