@@ -149,7 +149,7 @@ def tables(rows: list[dict]) -> str:
         if r.get("suite") != "ceiling":
             suites.setdefault(r["suite"], []).append(r)
     for suite, rs in suites.items():
-        if any("ratio" in r or "target" in r for r in rs):
+        if any("timing" in r for r in rs):  # host-cost rows (the host suite)
             out += [f"### {suite}", "", "Host time per eager call (enqueue only, tiny inputs), as a ratio to "
                     "`torch.add` timed in the same process; `device`: time per CUDA-graph replay; `wall`: "
                     "until the GPU finished.", "", markdown(rs, HOST_COLUMNS), ""]
@@ -159,6 +159,9 @@ def tables(rows: list[dict]) -> str:
         for r in rs:
             check = "ERROR " + str(r["error"])[:80] if r.get("error") else check_text(r)
             check = "" if check == "-" else check
+            if r.get("ratio") is not None:  # a time ratio to another row of the run, and its target
+                met = "" if r.get("target") is None else f", target {r['target']}: {'met' if r.get('target_met') else 'MISSED'}"
+                check = (check + "; " if check else "") + f"time ratio {r['ratio']:.3f}{met}"
             us = None if r.get("ms") is None else r["ms"] * 1e3
             out.append(f"| {r['op']} | {r['impl']} | {r['shape']} | {r['dtype']} | {_f(us, '.1f')} | "
                        f"{_f(r.get('gbps'), '.0f')} | {_f(r.get('pct_ceiling'), '.1f')} | {_f(r.get('tflops'), '.0f')} | "

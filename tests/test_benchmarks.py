@@ -502,3 +502,17 @@ def test_merge_processes_tells_skips_from_failures():
     assert not harness.spread_ok(s["bad"])
     _, spread3 = harness.merge_processes([[_row("a", None, **skip)], [_row("a", 1.0)], [_row("a", 1.05)]])
     assert spread3[0]["ok"] == 2 and spread3[0]["within_10pct"] is True and harness.spread_ok(spread3[0])
+
+
+def test_report_tour_rows_with_ratios_keep_their_throughput_columns():
+    """Rows with a time ratio to another row (the attention suite's) render in the tour table, with
+    TFLOP/s and the ratio and its target in the check cell; only rows with a ``timing`` (the host
+    suite's) take the host table."""
+    from benchmarks import report
+
+    rows = [_row("a", 2.0, tflops=500.0), _row("b", 1.0, tflops=1000.0, ratio=0.5, target="<= 0.6x", target_met=True)]
+    md = report.tables(rows)
+    assert "| TFLOP/s |" in md and "| x torch.add |" not in md
+    assert "time ratio 0.500, target <= 0.6x: met" in md and "| 1000 |" in md
+    host = report.tables([_row("h", 0.01, ratio=2.0, timing="host", target="<= 3x", target_met=True)])
+    assert "| x torch.add |" in host
