@@ -481,6 +481,17 @@ def test_masks_refused_where_they_cannot_run(gen):
             fp8_sdpa(q, q, q, attn_mask=bad, backend=TRITON)
 
 
+def _same_bits_compiled(fn, *args, calls=10):
+    """torch.compile(fullgraph, aot_eager) of ``fn`` gives the eager bits, ``calls`` times, no recompile."""
+    eager = fn(*args)
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager", dynamic=False)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(calls):
+            assert torch.equal(compiled(*args), eager)
+    torch._dynamo.reset()
+
+
 def test_triton_masked_compile_fullgraph_no_recompile(gen, fast_quant):
     q, k, v = (randn(gen, 1, 2, 24, 64) for _ in range(3))
     mask = (torch.arange(24, device=DEVICE) < 20)[None, None, None]
@@ -488,13 +499,7 @@ def test_triton_masked_compile_fullgraph_no_recompile(gen, fast_quant):
     def fn(a, b, c, m):
         return fp8_sdpa(a, b, c, attn_mask=m, backend=TRITON)
 
-    eager = fn(q, k, v, mask)
-    torch._dynamo.reset()
-    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager", dynamic=False)
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        for _ in range(20):
-            assert torch.equal(compiled(q, k, v, mask), eager)
-    torch._dynamo.reset()
+    _same_bits_compiled(fn, q, k, v, mask, calls=20)
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
@@ -545,13 +550,7 @@ def test_q_in_kernel_compile_fullgraph_no_recompile(gen):
     def fn(a, b, c):
         return fp8_sdpa(a, b, c, is_causal=True, backend=TRITON, q_in_kernel=True, smooth_v=True)
 
-    eager = fn(q, k, v)
-    torch._dynamo.reset()
-    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager", dynamic=False)
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        for _ in range(10):
-            assert torch.equal(compiled(q, k, v), eager)
-    torch._dynamo.reset()
+    _same_bits_compiled(fn, q, k, v)
 
 
 @pytest.mark.cuda
@@ -825,13 +824,7 @@ def test_smoothing_compile_fullgraph_no_recompile(gen):
         return fp8_sdpa(a, b, c, is_causal=True, enable_gqa=True, backend=REF, hadamard="v_only", sign_vector=signs,
                         smooth_k=True, smooth_v=True)
 
-    eager = fn(q, k, v)
-    torch._dynamo.reset()
-    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager", dynamic=False)
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        for _ in range(10):
-            assert torch.equal(compiled(q, k, v), eager)
-    torch._dynamo.reset()
+    _same_bits_compiled(fn, q, k, v)
 
 
 def test_channel_outliers_qkv_with_smoothing(gen):
