@@ -49,7 +49,8 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from attention.backends import AttentionBackend, as_backend, resolve_backend
-from attention.sdpa import _as_mode, _resolve_sign, fp8_sdpa, unsupported_reason
+from attention.sdpa import fp8_sdpa
+from attention.validation import _as_mode, _resolve_sign, unsupported_reason
 from attention.smoothing import check_smooth
 from attention.triton_fp8 import MASK_BACKENDS
 from fp8_quant import HadamardMode

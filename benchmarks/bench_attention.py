@@ -280,7 +280,8 @@ def _triton_cases(sizes, fa3) -> Iterable[Case]:
     (``fp8_sdpa(q_in_kernel=True)``: the quantizer on K and V only), ``fp8-triton-keypad`` (a quarter
     of the keys masked by a (B, 1, 1, S) bool mask)."""
     from attention import AttentionBackend, fp8_sdpa
-    from attention.triton_fp8 import _triton_fp8_launch, transpose_v
+    from attention.transpose import transpose_v
+    from attention.triton_fp8 import _triton_fp8_launch
     from fp8_quant import quantize_qkv
 
     if fa3 is None:

@@ -313,7 +313,7 @@ def test_fast_validation_accepts_exactly_what_the_full_check_accepts():
     the full check: over a grid of valid and invalid calls, both must agree on every one."""
     import itertools
 
-    from attention.sdpa import _unsupported_reason, unsupported_reason
+    from attention.validation import _unsupported_reason, unsupported_reason
 
     def t(shape, dtype=torch.bfloat16, grad=False):
         return torch.zeros(shape, dtype=dtype, device=DEVICE).requires_grad_(grad)
@@ -467,7 +467,7 @@ def test_masked_fp8_sdpa(gen, fast_quant, backend, form):
 
 
 def test_masks_refused_where_they_cannot_run(gen):
-    from attention.sdpa import unsupported_reason
+    from attention.validation import unsupported_reason
 
     q = torch.zeros(1, 2, 8, 64, dtype=torch.bfloat16, device=DEVICE)
     ok = torch.ones(8, 8, dtype=torch.bool, device=DEVICE)

@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from attention import transpose as TV
 from attention import triton_fp8 as T
 from attention.reference import sqnr_db
 from attention.sdpa import _reference_fwd
@@ -132,7 +133,7 @@ def test_v_transposed_input_and_padding_never_read(gen):
     """``transpose_v`` pads rows to 16 keys with (poisoned: NaN) memory; passing its result with
     ``v_is_transposed`` gives the same output bit for bit, and nothing of the padding leaks in."""
     q, k, v, qd, kd, vd = payloads(gen, 1, 30, 37, 2, 2, 64)
-    vt = T.transpose_v(v)
+    vt = TV.transpose_v(v)
     assert vt.shape == (1, 2, 64, 37) and vt.stride(-1) == 1 and vt.stride(2) == 48
     assert torch.equal(vt, v.permute(0, 2, 3, 1))
     a = T._triton_fp8_launch(q, k, vt, qd, kd, vd, 0.1, True, v_is_transposed=True, config=SMALL)
@@ -153,14 +154,14 @@ def test_transpose_v_matches_permute(gen, shape):
     v = _fp8(gen, *shape)
     b, s, h, d = shape
     want = v.permute(0, 2, 3, 1).view(torch.uint8)
-    configs = T.TRANSPOSE_CONFIGS if HAS_CUDA else T.TRANSPOSE_CONFIGS[:1]
+    configs = TV.TRANSPOSE_CONFIGS if HAS_CUDA else TV.TRANSPOSE_CONFIGS[:1]
     for cfg in [None, *configs]:
         buf = torch.full((b, h, d, -(-s // 16) * 16), 0x7F, dtype=torch.uint8, device=DEVICE)
-        T._transpose_into(v, buf[..., :s].view(torch.float8_e4m3fn), cfg)
+        TV._transpose_into(v, buf[..., :s].view(torch.float8_e4m3fn), cfg)
         assert torch.equal(buf[..., :s], want), cfg
         assert (buf[..., s:] == 0x7F).all(), cfg
     view = _fp8(gen, b, s, h + 1, d)[:, :, 1:]  # strided along S and B
-    vt = T.transpose_v(view)
+    vt = TV.transpose_v(view)
     assert vt.shape == (b, h, d, s) and vt.stride(-1) == 1 and vt.stride(2) == -(-s // 16) * 16
     assert torch.equal(vt.view(torch.uint8), view.permute(0, 2, 3, 1).view(torch.uint8))
 
@@ -168,14 +169,14 @@ def test_transpose_v_matches_permute(gen, shape):
 def test_transpose_v_refuses_bad_input(gen):
     v = _fp8(gen, 1, 8, 2, 64)
     with pytest.raises(TypeError, match="torch.Tensor"):
-        T.transpose_v(v.tolist())
+        TV.transpose_v(v.tolist())
     with pytest.raises(ValueError, match="1-byte"):
-        T.transpose_v(v.to(torch.bfloat16))
+        TV.transpose_v(v.to(torch.bfloat16))
     with pytest.raises(ValueError, match="4-D"):
-        T.transpose_v(v[0])
+        TV.transpose_v(v[0])
     with pytest.raises(ValueError, match="unit last stride"):
-        T.transpose_v(v.transpose(2, 3))
-    assert T.transpose_v(v[:, :0]).shape == (1, 2, 64, 0)
+        TV.transpose_v(v.transpose(2, 3))
+    assert TV.transpose_v(v[:, :0]).shape == (1, 2, 64, 0)
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="the GPU tests run the TMA path compiled")
