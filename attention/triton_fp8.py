@@ -30,8 +30,9 @@ negative bias instead gives the average of V, as in torch).
 V^T. Hopper's FP8 wgmma needs its B operand K-major, so P @ V reads V^T: (B, H_kv, D, S_kv) with S
 contiguous (rows padded to a multiple of 16 keys for TMA). ``attention.transpose.transpose_v`` builds
 it in the launcher: one autotuned Triton copy, B*S_kv*H_kv*D bytes read and written (39 us at S =
-16384 on the H200, 0.7% of the kernel). The quantizer could write V in that layout directly (its quantize pass stores [rows, D] tiles: store
-them transposed, index ``(b, h, d, s)``), which would remove the copy.
+16384 on the H200, 0.7% of the kernel). The quantizer could write V in that layout directly (its
+quantize pass stores [rows, D] tiles: store them transposed, index ``(b, h, d, s)``), which would
+remove the copy.
 
 Q quantized in the kernel (``q_descale=None``, ``fp8_sdpa(..., q_in_kernel=True)``): q is bf16/fp16;
 each program quantizes its [BLOCK_M, D] tile with one scale (448 / the tile's NaN-propagating amax,
@@ -284,9 +285,10 @@ def _fp8_attn_fwd_kernel(q, k, vt, o_ptr, descale, mask, sizes, sm_scale_log2,
 # interpreter (and LOWPREC_AUTOTUNE=first) runs; it fits every head dim. Every entry compiles for
 # SM90 with triton 3.6 on both load paths (the GPU test ``test_every_config_compiles_and_matches``
 # runs each one). Register spills, from the wheel's ptxas for the causal key-padding kernel (the
-# largest): none at D = 64 and 128 except (128, 64, 4, 3) at D = 128 (36-48 bytes; 84-136 with
-# QUANT_Q); at D = 256 (64, 64, 4, 3) and (128, 64, 8, 2) spill 4-100 bytes (most with QUANT_Q). The
-# autotuner times them all; on the H200 (64, 128, 4, 3) wins at D = 128 (notes: benchmarks/NOTES.md).
+# largest): none at D = 64; at D = 128 (128, 64, 4, 3) spills 40-88 bytes and (128, 128, 8, 3) 8 with
+# QUANT_Q on the pointer path; at D = 256 (64, 64, 4, 3) and (128, 64, 8, 2) spill 4-96 bytes (most
+# with QUANT_Q). The autotuner times them all; on the H200 (64, 128, 4, 3) wins at D = 128 (notes:
+# benchmarks/NOTES.md).
 # ---------------------------------------------------------------------------------------------
 
 def _cfg(bm: int, bn: int, warps: int, stages: int) -> triton.Config:

@@ -160,7 +160,8 @@ def tables(rows: list[dict]) -> str:
             check = "ERROR " + str(r["error"])[:80] if r.get("error") else check_text(r)
             check = "" if check == "-" else check
             if r.get("ratio") is not None:  # a time ratio to another row of the run, and its target
-                met = "" if r.get("target") is None else f", target {r['target']}: {'met' if r.get('target_met') else 'MISSED'}"
+                met = ("" if r.get("target") is None
+                       else f", target {r['target']}: {'met' if r.get('target_met') else 'MISSED'}")
                 check = (check + "; " if check else "") + f"time ratio {r['ratio']:.3f}{met}"
             us = None if r.get("ms") is None else r["ms"] * 1e3
             out.append(f"| {r['op']} | {r['impl']} | {r['shape']} | {r['dtype']} | {_f(us, '.1f')} | "
