@@ -48,19 +48,20 @@ MAX_REG_BITS = 7  # at most 128 fp32 values of the tile per thread
 
 
 @gluon.constexpr_function  # called by the kernel's layout functions, and from Python (prune, tests)
-def plan(log_n, log_t, warp_bits, vec_bits):  # no annotations: Triton hashes this body
-    """The layout chain of a program of 2^log_t elements (rows of 2^log_n), 2^warp_bits warps, loads
-    of 2^vec_bits elements: a list of (reg, lane, warp, stages), each a list of tile-index bits (reg:
-    the register bits, in order; stages: the column bits transformed in that layout, ascending over
-    the chain; the last entry is L0 again, the store layout), or None when
+def plan_at(log_n, col_lo, log_t, warp_bits, vec_bits):  # no annotations: Triton hashes this body
+    """The layout chain of a program of 2^log_t elements whose transformed bits are the tile-index
+    bits col_lo .. col_lo + log_n - 1 (0 for rows of 2^log_n; the row bits of a column tile), with
+    2^warp_bits warps and loads of 2^vec_bits elements: a list of (reg, lane, warp, stages), each a
+    list of tile-index bits (reg: the register bits, in order; stages: the transformed bits handled in
+    that layout, ascending over the chain; the last entry is L0 again, the store layout), or None when
     the tile does not fit (fewer than 2^vec_bits or more than 2^MAX_REG_BITS values per thread, a
-    tile smaller than a row, or a chain that cannot place every column bit in registers)."""
+    tile smaller than the transform, or a chain that cannot place every transformed bit in registers)."""
     n_reg = log_t - 5 - warp_bits
-    if n_reg < max(vec_bits, 1) or n_reg > MAX_REG_BITS or log_t < log_n or log_t < vec_bits + 5:
+    if n_reg < max(vec_bits, 1) or n_reg > MAX_REG_BITS or log_t < col_lo + log_n or log_t < vec_bits + 5:
         return None
-    cols = set(range(log_n))
+    cols = set(range(col_lo, col_lo + log_n))
     rest = list(range(vec_bits + 5, log_t))
-    warp0 = ([b for b in rest if b >= log_n] + [b for b in rest if b < log_n])[:warp_bits]
+    warp0 = ([b for b in rest if b not in cols] + [b for b in rest if b in cols])[:warp_bits]
     chain = [(list(range(vec_bits)) + [b for b in rest if b not in warp0], list(range(vec_bits, vec_bits + 5)), warp0)]
     covered = cols & set(chain[0][0])
     while covered != cols:
@@ -78,17 +79,23 @@ def plan(log_n, log_t, warp_bits, vec_bits):  # no annotations: Triton hashes th
         chain.append((sorted(reg), lane, warp))
         covered |= set(reg) & cols
     # Stages in ascending bit order (the plain kernel's order, so both give the same bits): each layout
-    # takes the run of next column bits it holds in registers; L0's high column bits wait for the
-    # final return to L0, appended as the chain's last entry.
+    # takes the run of next transformed bits it holds in registers; L0's high transformed bits wait
+    # for the final return to L0, appended as the chain's last entry.
     out = []
-    done = 0
+    done = col_lo
     for reg, lane, warp in chain + chain[:1]:
         stages = []
-        while done < log_n and done in reg:
+        while done < col_lo + log_n and done in reg:
             stages.append(done)
             done += 1
         out.append((reg, lane, warp, stages))
-    return out if done == log_n else None
+    return out if done == col_lo + log_n else None
+
+
+@gluon.constexpr_function
+def plan(log_n, log_t, warp_bits, vec_bits):
+    """``plan_at`` for rows of 2^log_n (the transformed bits are the low ones)."""
+    return plan_at(log_n, 0, log_t, warp_bits, vec_bits)
 
 
 @gluon.constexpr_function
@@ -126,22 +133,90 @@ def radix2_stages(y, T: gl.constexpr, LOG_N: gl.constexpr, MASK: gl.constexpr):
 
 
 @gluon.jit
-def _fwht_gluon_kernel(x_ptr, out_ptr, M, scale, M_BUCKET,
-                       LOG_N: gl.constexpr, VEC_BITS: gl.constexpr, LOG_T: gl.constexpr):
+def _fwht_gluon_kernel(x_ptr, out_ptr, s_ptr, M, scale, M_BUCKET,
+                       LOG_N: gl.constexpr, VEC_BITS: gl.constexpr, SIGNS: gl.constexpr, LOG_T: gl.constexpr):
     # x, out: M contiguous rows of N = 2^LOG_N elements. One program: the T = 2^LOG_T elements
     # pid * T.. (T / N whole rows) as a 1-d fp32 tile (T / (32 * num_warps) values per thread);
-    # stages in the layouts of ``plan``; out = (x H_N) * scale, one rounding.
+    # stages in the layouts of ``plan``; out = (x H_N) * scale, one rounding. SIGNS (the RHT): 1
+    # multiplies each row by the N fp32 signs at s_ptr before the transform (x diag(s) H_N), 2 after
+    # it (x H_N diag(s)); 0 reads no signs. A sign is +-1: exact either way.
     NW: gl.constexpr = gl.num_warps()
     T: gl.constexpr = 1 << LOG_T
     L0: gl.constexpr = chain_layout(LOG_N, LOG_T, NW, VEC_BITS, 0)
-    offs = gl.program_id(0).to(gl.int64) * T + gl.arange(0, T, layout=L0).to(gl.int64)
+    idx = gl.arange(0, T, layout=L0)
+    offs = gl.program_id(0).to(gl.int64) * T + idx.to(gl.int64)
     mask = offs < gl.to_tensor(M).to(gl.int64) * (1 << LOG_N)  # M == 1 arrives as a Python int
     y = gl.load(x_ptr + offs, mask=mask, other=0.0).to(gl.float32)
+    if SIGNS != 0:
+        s = gl.load(s_ptr + (idx & ((1 << LOG_N) - 1)))  # N values, cached: no DRAM traffic per tile
+    if SIGNS == 1:
+        y = y * s
     y = radix2_stages(y, T, LOG_N, stage_mask(LOG_N, LOG_T, NW, VEC_BITS, 0))
     for i in gl.static_range(1, chain_length(LOG_N, LOG_T, NW, VEC_BITS)):
         y = gl.convert_layout(y, chain_layout(LOG_N, LOG_T, NW, VEC_BITS, i))
         y = radix2_stages(y, T, LOG_N, stage_mask(LOG_N, LOG_T, NW, VEC_BITS, i))  # the last layout is L0
-    gl.store(out_ptr + offs, (y * scale).to(out_ptr.dtype.element_ty), mask=mask)
+    y = y * scale
+    if SIGNS == 2:
+        y = y * s
+    gl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@gluon.jit
+def _fwht_cols_gluon_kernel(x_ptr, out_ptr, s_ptr, n_inner, scale, SIZE_BUCKET,
+                            LOG_D: gl.constexpr, VEC_BITS: gl.constexpr, SIGNS: gl.constexpr, LOG_T: gl.constexpr):
+    # x, out: contiguous (n_blocks, D, n_inner) with D = 2^LOG_D: the transform runs along the middle
+    # (strided) axis. Program (b, j): the [D, BI] tile of block b, inner columns j * BI.. (BI =
+    # T / D), as a 1-d tile whose low LOG_I bits are the contiguous column and whose high LOG_D bits
+    # (the transformed ones) the row: ``plan_at(LOG_D, LOG_I, ...)`` puts the columns on registers and
+    # lanes for the load and store, the rows in registers for the stages. Signs as in
+    # ``_fwht_gluon_kernel`` (one per row); out = scale * H_D x per column, one rounding.
+    NW: gl.constexpr = gl.num_warps()
+    T: gl.constexpr = 1 << LOG_T
+    LOG_I: gl.constexpr = LOG_T - LOG_D
+    L0: gl.constexpr = cols_layout(LOG_D, LOG_T, NW, VEC_BITS, 0)
+    idx = gl.arange(0, T, layout=L0)
+    row = idx >> LOG_I
+    # runs of 2^VEC_BITS contiguous columns starting at multiples of it (the compiler cannot see that
+    # through the mask and shift): 16-byte vector loads and stores, n_inner a multiple of 16
+    col = gl.program_id(1) * (1 << LOG_I) + (idx & ((1 << LOG_I) - 1))
+    offs = (gl.program_id(0).to(gl.int64) * (1 << LOG_D) + row.to(gl.int64)) * n_inner + col.to(gl.int64)
+    offs = gl.max_contiguous(gl.multiple_of(offs, 1 << VEC_BITS), 1 << VEC_BITS)
+    mask = gl.max_constancy(col < n_inner, 1 << VEC_BITS)
+    y = gl.load(x_ptr + offs, mask=mask, other=0.0).to(gl.float32)
+    if SIGNS != 0:
+        s = gl.load(s_ptr + row)  # D values, cached
+    if SIGNS == 1:
+        y = y * s
+    y = radix2_stages(y, T, LOG_T, cols_mask(LOG_D, LOG_T, NW, VEC_BITS, 0))
+    for i in gl.static_range(1, cols_chain_length(LOG_D, LOG_T, NW, VEC_BITS)):
+        y = gl.convert_layout(y, cols_layout(LOG_D, LOG_T, NW, VEC_BITS, i))
+        y = radix2_stages(y, T, LOG_T, cols_mask(LOG_D, LOG_T, NW, VEC_BITS, i))  # the last layout is L0
+    y = y * scale
+    if SIGNS == 2:
+        y = y * s
+    gl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@gluon.constexpr_function
+def cols_chain(log_d, log_t, num_warps, vec_bits):
+    return plan_at(log_d, log_t - log_d, log_t, num_warps.bit_length() - 1, vec_bits)
+
+
+@gluon.constexpr_function
+def cols_chain_length(log_d, log_t, num_warps, vec_bits):
+    return len(cols_chain(log_d, log_t, num_warps, vec_bits))
+
+
+@gluon.constexpr_function
+def cols_layout(log_d, log_t, num_warps, vec_bits, i):
+    reg, lane, warp, _ = cols_chain(log_d, log_t, num_warps, vec_bits)[i]
+    return gl.DistributedLinearLayout([[1 << b] for b in reg], [[1 << b] for b in lane],
+                                      [[1 << b] for b in warp], [], [1 << log_t])
+
+
+@gluon.constexpr_function
+def cols_mask(log_d, log_t, num_warps, vec_bits, i):
+    return sum(1 << s for s in cols_chain(log_d, log_t, num_warps, vec_bits)[i][3])
 
 
 # --- Autotune: LOG_T (log2 tile) and warps, listed as (log2 values per thread, warps). Measured on
@@ -173,8 +248,39 @@ def _first_fit(log_n: int, vec_bits: int) -> triton.Config:
 
 
 _gluon_tuned = triton.autotune(do_bench=autotune_do_bench, configs=autotune_configs(_CONFIGS),
-                               key=["LOG_N", "VEC_BITS", "M_BUCKET"],
+                               key=["LOG_N", "VEC_BITS", "SIGNS", "M_BUCKET"],
                                prune_configs_by={"early_config_prune": _prune})(_fwht_gluon_kernel)
+
+
+# --- Column tiles: (LOG_T, warps). A tile holds D rows of T / D contiguous columns; the prune keeps
+# those with a plan, at least one 16-byte vector of columns per row and <= 64 values per thread.
+_COLS_CONFIGS = [
+    triton.Config({"LOG_T": t}, num_warps=w, num_stages=1)
+    for t, w in ((12, 4), (13, 8), (13, 4), (14, 8), (14, 16), (12, 2))
+]
+
+
+def _fits_cols(config, log_d: int, vec_bits: int) -> bool:
+    log_t, wb = config.kwargs["LOG_T"], config.num_warps.bit_length() - 1
+    return (log_t - log_d >= vec_bits and log_t - 5 - wb <= 6
+            and plan_at(log_d, log_t - log_d, log_t, wb, vec_bits) is not None)
+
+
+def _prune_cols(configs, named_args, **kwargs):
+    args = {**named_args, **kwargs}
+    log_d, vec_bits = args["LOG_D"], args["VEC_BITS"]
+    kept = [c for c in configs if _fits_cols(c, log_d, vec_bits)][:5]
+    return kept or [next(c for c in _COLS_CONFIGS if _fits_cols(c, log_d, vec_bits))]
+
+
+@functools.lru_cache(maxsize=64)
+def _first_fit_cols(log_d: int, vec_bits: int) -> triton.Config:
+    return _prune_cols(_COLS_CONFIGS[:1], {"LOG_D": log_d, "VEC_BITS": vec_bits})[0]
+
+
+_gluon_cols_tuned = triton.autotune(do_bench=autotune_do_bench, configs=autotune_configs(_COLS_CONFIGS),
+                                    key=["LOG_D", "VEC_BITS", "SIGNS", "SIZE_BUCKET"],
+                                    prune_configs_by={"early_config_prune": _prune_cols})(_fwht_cols_gluon_kernel)
 
 
 @functools.lru_cache(maxsize=8)
@@ -200,10 +306,14 @@ _VEC_BITS = {torch.float32: 2, torch.float16: 3, torch.bfloat16: 3}  # 16-byte l
 
 
 def gluon_launch(x: torch.Tensor, out: torch.Tensor, m: int, scale: float,
-                 config: Optional[triton.Config] = None) -> None:
-    """out = (x H_n) * scale for m contiguous rows of n (``eligible``), autotuned (or ``config``)."""
-    n = x.shape[-1]
-    consts = {"LOG_N": n.bit_length() - 1, "VEC_BITS": _VEC_BITS[x.dtype]}
+                 config: Optional[triton.Config] = None, n: Optional[int] = None,
+                 signs: Optional[torch.Tensor] = None, signs_after: bool = False) -> None:
+    """out = (x H_n) * scale for m contiguous rows of n (``eligible``; n defaults to x's last dim),
+    autotuned (or ``config``). ``signs`` (n fp32 +-1 values on x's device): the RHT,
+    (x diag(s) H_n) * scale, or (x H_n) * scale diag(s) with ``signs_after``."""
+    n = x.shape[-1] if n is None else n
+    consts = {"LOG_N": n.bit_length() - 1, "VEC_BITS": _VEC_BITS[x.dtype],
+              "SIGNS": 0 if signs is None else 2 if signs_after else 1}
     if config is None and len(_gluon_tuned.configs) == 1:  # Triton skips the prune for one config
         config = _first_fit(consts["LOG_N"], consts["VEC_BITS"])
 
@@ -211,4 +321,30 @@ def gluon_launch(x: torch.Tensor, out: torch.Tensor, m: int, scale: float,
         t = 1 << meta["LOG_T"]
         return ((m * n + t - 1) // t,)
 
-    launch(_gluon_tuned, grid, (x, out, m, float(scale), bucket(m)), consts, config)
+    launch(_gluon_tuned, grid, (x, out, x if signs is None else signs, m, float(scale), bucket(m)), consts, config)
+
+
+def eligible_cols(x: torch.Tensor, d: int, inner: int) -> bool:
+    """True when ``gluon_cols_launch`` runs the transform of x (contiguous) along a middle axis of d
+    rows with ``inner`` contiguous elements after it: as ``eligible``, d in [16, 256], and ``inner``
+    at least 64 and a multiple of 16 (what the vector loads need; other widths go to the plain-Triton
+    kernel)."""
+    return 16 <= d <= 256 and inner >= 64 and inner % 16 == 0 and _COMPILED and x.is_cuda and hopper(x.get_device())
+
+
+def gluon_cols_launch(x: torch.Tensor, out: torch.Tensor, n_blocks: int, d: int, inner: int, scale: float,
+                      config: Optional[triton.Config] = None, signs: Optional[torch.Tensor] = None,
+                      signs_after: bool = False) -> None:
+    """out = scale * H_d x along the middle axis of contiguous (n_blocks, d, inner) x and out
+    (``eligible_cols``); ``signs`` / ``signs_after`` as in ``gluon_launch`` (one per row of d)."""
+    consts = {"LOG_D": d.bit_length() - 1, "VEC_BITS": _VEC_BITS[x.dtype],
+              "SIGNS": 0 if signs is None else 2 if signs_after else 1}
+    if config is None and len(_gluon_cols_tuned.configs) == 1:  # Triton skips the prune for one config
+        config = _first_fit_cols(consts["LOG_D"], consts["VEC_BITS"])
+
+    def grid(meta):
+        bi = (1 << meta["LOG_T"]) // d
+        return (n_blocks, (inner + bi - 1) // bi)
+
+    launch(_gluon_cols_tuned, grid, (x, out, x if signs is None else signs, inner, float(scale),
+                                     bucket(x.numel())), consts, config)

@@ -16,13 +16,22 @@ may have any size. The tensor is viewed as (outer, L, inner) with L the transfor
 - inner == 1 (the last axis): "rows" kernel, tiles of [BLOCK_R, d] contiguous elements, y = x @ M;
 - inner > 1 (e.g. axis=0 of a 2-D tensor): "columns" kernel, tiles of [d, BLOCK_I] read along the
   contiguous inner dim, y = M^T @ x, so no transpose is ever materialized.
+- On Hopper (sm90), eager calls (and the op run eagerly, e.g. under autograd) with d >= 16 run the
+  Gluon butterfly of ``gluon_butterfly`` instead where it measured faster: rows of d along the last
+  axis, and column tiles for d = 256 when >= 64 contiguous elements (a multiple of 16) follow the
+  axis (``GLUON_D``, ``GLUON_COLS_D``). The signs are fused into its load (RHT) or store (inverse).
 
 Precision: the kernels multiply by the +-1 matrix diag(s) @ H_d (inverse: H_d @ diag(s)), which is
 exact in every dtype, accumulate in fp32, scale the fp32 result by 1/sqrt(d) in fp32 and round once
 to the output dtype. For bf16/fp16 inputs that is ONE tensor-core dot with exact operands (the only
 errors are fp32 accumulation and the fp32 scale, far below the output rounding); fp32 inputs use a
 ``tf32x3`` dot (the +-1 matrix is exact in tf32, x is split in three). d < 16 (2, 4, 8) is below
-``tl.dot``'s minimum: those use fp32 register math (broadcast multiply + sum).
+``tl.dot``'s minimum: those use fp32 register math (broadcast multiply + sum). The Gluon butterfly
+takes log2(d) rounds of IEEE fp32 adds instead of the dot's fp32 accumulation, then the same fp32
+scale and one rounding: both are within one rounding of the exact result, and for bf16/fp16 (nearly)
+every output equals the exact result rounded once, but the two kernels can differ in the last bit
+(fp32: in the last bits). Under torch.compile the dot kernels run, so a compiled and an eager call
+on Hopper can differ there too.
 
 Gradients: R is orthogonal, so the backward of ``rht`` is ``inverse_rht`` of the incoming gradient
 (grad @ R^T per block) and the backward of ``inverse_rht`` is ``rht`` (grad @ R), with the same sign
@@ -49,6 +58,8 @@ import torch
 import triton
 import triton.language as tl
 
+from hadamard_kernels.gluon_butterfly import eligible as gluon_eligible, eligible_cols as gluon_eligible_cols
+from hadamard_kernels.gluon_butterfly import gluon_cols_launch, gluon_launch
 from hadamard_kernels.matrices import is_power_of_two
 from hadamard_kernels.runtime import autotune_do_bench, autotune_configs, launch
 from hadamard_kernels.signs import DEFAULT_SIGN_VECTOR, SignVector, as_sign_vector, random_sign_vector
@@ -182,7 +193,7 @@ RHT_ROWS_CONFIGS = [
 RHT_COLS_CONFIGS = [
     triton.Config({"BLOCK_I": bi, "TILES": t}, num_warps=w, num_stages=s)
     for bi, t, w, s in ((64, 1, 4, 1), (64, 4, 4, 3), (128, 4, 8, 3), (256, 2, 16, 2), (256, 1, 4, 3),
-                        (512, 4, 4, 3), (512, 1, 8, 2))
+                        (512, 4, 4, 3), (512, 1, 8, 2), (128, 8, 8, 4))
 ]
 
 
@@ -249,6 +260,15 @@ def _size_bucket(numel: int) -> int:
     return (numel - 1).bit_length() + 1
 
 
+# d that run the Gluon butterfly on Hopper (eager calls, config None or LOG_T). Measured on an H200
+# (bf16 (16384, 8192), % of clone): rows 99.4-100% for d = 16..128 and 95% at 256, against 96-100% /
+# 88% / 38% for the dot kernel (d = 16..64 / 128 / 256). Columns (axis 0): Gluon 93-94% / 83% / 71%
+# against the dot kernel's 92-94% / 89% / 35%, so with config None only d = 256 takes the Gluon
+# column tiles there (a LOG_T config forces them for any d in GLUON_D).
+GLUON_D = frozenset({16, 32, 64, 128, 256})
+GLUON_COLS_D = frozenset({256})
+
+
 def _rht_launch(x: torch.Tensor, sv: SignVector, axis: int, inverse: bool,
                 config: "triton.Config | None" = None, traced: bool = False) -> torch.Tensor:
     """The seam: RHT (or inverse) of x along ``axis`` with d = len(sv). x, sv and axis are validated
@@ -276,7 +296,20 @@ def _rht_launch(x: torch.Tensor, sv: SignVector, axis: int, inverse: bool,
     # grids: plain integer ceil-divs, (n - 1) // b + 1 for n >= 1 (triton.cdiv is a JIT function in
     # triton 3.6, slow to call from Python)
     inner = 1 if axis == ndim - 1 else math.prod(shape[axis + 1:])
-    if inner == 1:  # the last axis, or only size-1 dims after it: contiguous rows of d
+    gluon_ok = not traced and (config is None or "LOG_T" in config.kwargs) and d in GLUON_D
+    if gluon_ok and inner == 1 and gluon_eligible(x, d, True):
+        # contiguous rows of d on Hopper: the Gluon butterfly with the signs fused (before the
+        # transform for the RHT, after it for the inverse)
+        gluon_launch(x, y, numel // d, _SCALES[d], config, n=d, signs=sv._cached(device), signs_after=inverse)
+    elif gluon_ok and inner > 1 and (config is not None or d in GLUON_COLS_D) and gluon_eligible_cols(x, d, inner):
+        # blocks along a middle axis, rows of >= 64 contiguous elements: the Gluon column tiles
+        gluon_cols_launch(x, y, numel // (d * inner), d, inner, _SCALES[d], config, signs=sv._cached(device),
+                          signs_after=inverse)
+    elif config is not None and "LOG_T" in config.kwargs:
+        raise ValueError(f"a LOG_T (Gluon) config runs d >= {min(GLUON_D)} on a CUDA tensor on sm90 (eagerly), "
+                         f"along the last axis or along one with >= 64 contiguous elements after it (a whole "
+                         f"number of 16-byte vectors); got d={d}, axis={axis}, shape {tuple(shape)}")
+    elif inner == 1:  # the last axis, or only size-1 dims after it: contiguous rows of d
         n_rows = numel // d
         grid = lambda meta: ((n_rows - 1) // (meta["BLOCK_R"] * meta["TILES"]) + 1,)  # noqa: E731
         run(_rht_rows, grid, (x, y, m, _SCALES[d], n_rows, sb), consts, config)
@@ -293,6 +326,16 @@ def _rht_launch(x: torch.Tensor, sv: SignVector, axis: int, inverse: bool,
 # under the interpreter (hadamard_kernels.triton_ops). Its backward is the op in the other direction.
 # -------------------------------------------------------------------------------------------------
 
+def _tracing(x: torch.Tensor) -> bool:
+    """True while the op body is traced (torch.compile, make_fx: a dispatch mode is active, x is a
+    fake or functional tensor); False when it runs eagerly."""
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.functional_tensor import FunctionalTensor
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    return bool(_get_current_dispatch_mode_stack()) or isinstance(x, (FakeTensor, FunctionalTensor))
+
+
 def _rht_fake(x, signs, axis, inverse):
     _validate(x, len(signs), axis, "inverse_rht" if inverse else "rht")
     return torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -302,7 +345,9 @@ def _rht_fake(x, signs, axis, inverse):
 def _rht_op(x: torch.Tensor, signs: list[int], axis: int, inverse: bool) -> torch.Tensor:
     sv = as_sign_vector(signs, name="signs")  # a list: checked in Python, cached per tuple
     axis = _validate(x, len(sv), axis, "inverse_rht" if inverse else "rht")  # the op is callable directly
-    return _rht_launch(x, sv, axis, inverse, traced=True)
+    # run eagerly (autograd recording, a direct call), the op launches what an eager rht launches,
+    # so forward and backward give the same bits as the eager functions
+    return _rht_launch(x, sv, axis, inverse, traced=_tracing(x))
 
 
 def _rht_setup_context(ctx, inputs, output):

@@ -186,10 +186,83 @@ def test_gluon_launch_grid_and_single_config(monkeypatch):
     x = torch.zeros((37, 4096), dtype=torch.bfloat16)
     G.gluon_launch(x, torch.empty_like(x), 37, 0.5)
     grid, args, consts, config = seen[-1]
-    assert consts == {"LOG_N": 12, "VEC_BITS": 3} and config is G._first_fit(12, 3)
+    assert consts == {"LOG_N": 12, "VEC_BITS": 3, "SIGNS": 0} and config is G._first_fit(12, 3)
     assert config.kwargs["LOG_T"] >= 12
     assert grid({"LOG_T": 13}) == ((37 * 4096 + 8191) // 8192,) and grid({"LOG_T": 12}) == (37,)
-    assert args[2:] == (37, 0.5, 64)
+    assert args[2] is x and args[3:] == (37, 0.5, 64)  # no signs: x stands in for the unread pointer
+    signs = torch.ones(16)
+    G.gluon_launch(x, torch.empty_like(x), 37 * 256, 0.25, n=16, signs=signs, signs_after=True)
+    grid, args, consts, _ = seen[-1]
+    assert consts == {"LOG_N": 4, "VEC_BITS": 3, "SIGNS": 2} and args[2] is signs and args[3] == 37 * 256
+
+
+def test_gluon_cols_launch_grid_and_single_config(monkeypatch):
+    seen = []
+    monkeypatch.setattr(G, "launch", lambda kernel, grid, args, consts, config: seen.append((grid, args, consts, config)))
+    monkeypatch.setattr(G._gluon_cols_tuned, "configs", G._COLS_CONFIGS[:1])
+    x = torch.zeros((3, 128, 200), dtype=torch.bfloat16)  # 3 blocks of d = 128 rows of 200 columns
+    signs = torch.ones(128)
+    G.gluon_cols_launch(x, torch.empty_like(x), 3, 128, 200, 0.5, signs=signs)
+    grid, args, consts, config = seen[-1]
+    assert consts == {"LOG_D": 7, "VEC_BITS": 3, "SIGNS": 1} and config is G._first_fit_cols(7, 3)
+    assert grid({"LOG_T": 13}) == (3, 4) and grid({"LOG_T": 12}) == (3, 7)  # 64 / 32 columns per tile
+    assert args[2] is signs and args[3:] == (200, 0.5, G.bucket(x.numel()))
+
+
+def _all_col_plans():
+    for log_d in range(4, 9):
+        for vec_bits in (2, 3):
+            for warp_bits in range(0, 5):
+                for log_t in range(log_d + vec_bits, 16):
+                    p = G.plan_at(log_d, log_t - log_d, log_t, warp_bits, vec_bits)
+                    if p is not None:
+                        yield log_d, log_t, warp_bits, vec_bits, p
+
+
+def test_column_plans_are_valid_layout_chains():
+    """Column tiles (the transformed bits are the high ones): each a valid chain that transforms
+    every row bit once, ascending, in registers, loads and stores along the contiguous columns."""
+    count = 0
+    for log_d, log_t, warp_bits, vec_bits, chain in _all_col_plans():
+        count += 1
+        where = (log_d, log_t, warp_bits, vec_bits)
+        lo = log_t - log_d
+        staged = []
+        for reg, lane, warp, stages in chain:
+            assert sorted(reg + lane + warp) == list(range(log_t)), where
+            assert len(lane) == 5 and len(warp) == warp_bits and vec_bits <= len(reg) <= G.MAX_REG_BITS, where
+            assert set(stages) <= set(reg) and all(lo <= s < log_t for s in stages), where
+            staged += stages
+        assert chain[0][0][:vec_bits] == list(range(vec_bits)) and chain[-1][:3] == chain[0][:3], where
+        assert staged == list(range(lo, log_t)), where
+    assert count > 50
+
+
+@pytest.mark.parametrize("log_d", [4, 7, 8])
+def test_column_plan_order_computes_the_transform(log_d):
+    # a [D, BI] tile (row-major: the high bits are the row): the chain's stages transform every column
+    d = 1 << log_d
+    for ld, log_t, warp_bits, vec_bits, chain in _all_col_plans():
+        if ld != log_d:
+            continue
+        bi = 1 << (log_t - log_d)
+        x = np.random.default_rng(log_t).standard_normal((d, bi))
+        ref = hadamard_transform_ref(torch.from_numpy(x.T.copy())).numpy().T
+        y = x.astype(np.float32).reshape(-1)
+        for *_, stages in chain:
+            for s in stages:
+                v = y.reshape(y.size >> (s + 1), 2, 1 << s)
+                y = np.stack([v[:, 0, :] + v[:, 1, :], v[:, 0, :] - v[:, 1, :]], axis=1).reshape(-1)
+        err = np.linalg.norm(y.reshape(d, bi) - ref) / np.linalg.norm(ref)
+        assert err < 1.1 * math.sqrt(1 + log_d) * 2.0 ** -24 * 2, (log_d, log_t, warp_bits, vec_bits, err)
+
+
+@pytest.mark.parametrize("log_d", range(4, 9))
+@pytest.mark.parametrize("vec_bits", [2, 3])
+def test_column_prune_always_leaves_a_config(log_d, vec_bits):
+    kept = G._prune_cols(G._COLS_CONFIGS, {"LOG_D": log_d, "VEC_BITS": vec_bits})
+    assert 1 <= len(kept) <= 5 and all(G._fits_cols(c, log_d, vec_bits) for c in kept)
+    assert G._fits_cols(G._first_fit_cols(log_d, vec_bits), log_d, vec_bits)
 
 
 @pytest.mark.cuda

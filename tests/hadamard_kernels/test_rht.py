@@ -253,7 +253,8 @@ def test_rht_tiled_loop_config(axis, inverse, device, gen):
     y = rht_mod._rht_launch(x, s, axis, inverse, config=cfg)
     ref = rht_ref(x, s, d, axis, inverse=inverse)
     assert rel_rms(y, ref) <= _bound(ref, torch.bfloat16, d)
-    assert torch.equal(y, (inverse_rht if inverse else rht)(x, s, d, axis))  # same math, any tiling
+    first = (rht_mod.RHT_ROWS_CONFIGS if axis == -1 else rht_mod.RHT_COLS_CONFIGS)[0]
+    assert torch.equal(y, rht_mod._rht_launch(x, s, axis, inverse, config=first))  # same math, any tiling
 
 
 @pytest.mark.parametrize("axis", [-1, 0])
@@ -264,9 +265,102 @@ def test_rht_every_listed_config(axis, device, gen):
     for d in (8, 32):
         x = torch.randn((70, 2 * d) if axis == -1 else (2 * d, 70), generator=gen, device=device).to(torch.float16)
         s = SignVector(random_sign_vector(d, seed=d))
-        want = rht(x, s, d, axis)
+        want = rht_mod._rht_launch(x, s, axis, False, config=configs[0])
+        assert rel_rms(want, rht_ref(x, s, d, axis)) <= _bound(rht_ref(x, s, d, axis), torch.float16, d)
         for cfg in configs:
             assert torch.equal(rht_mod._rht_launch(x, s, axis, False, config=cfg), want), (d, cfg)
+
+
+def test_gluon_config_refused_where_gluon_does_not_run(device, gen):
+    """A LOG_T (Gluon) config runs only contiguous rows along the last axis, d >= 16, on sm90:
+    elsewhere (axis 0, d = 8, the interpreter) a ValueError, never a silent other kernel."""
+    from hadamard_kernels import gluon_butterfly as G
+
+    cfg = G._CONFIGS[0]
+    s = SignVector(random_sign_vector(16, seed=1))
+    with pytest.raises(ValueError, match="LOG_T"):
+        rht_mod._rht_launch(torch.randn(32, 8, device=device), s, 0, False, config=cfg)
+    with pytest.raises(ValueError, match="LOG_T"):
+        rht_mod._rht_launch(torch.randn(4, 8, device=device), SignVector(random_sign_vector(8, seed=1)), 1, False,
+                            config=cfg)
+    if device == "cpu":
+        with pytest.raises(ValueError, match="LOG_T"):
+            rht_mod._rht_launch(torch.randn(4, 32, device=device), s, 1, False, config=cfg)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("d", sorted(rht_mod.GLUON_D))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+def test_rht_gluon_rows_every_kept_config(d, dtype, gen, monkeypatch):
+    """Contiguous rows along the last axis run the Gluon butterfly with the signs fused (routing
+    checked), forward and inverse, for every Gluon config the prune keeps for d, against float64:
+    within the rounding bound and, for bf16/fp16, (nearly) every output the float64 result rounded
+    once. Rows: an odd count, so the last program's tile is partly masked."""
+    from hadamard_kernels import gluon_butterfly as G
+
+    if dtype == torch.float32 and d > 128:
+        pytest.skip("fp32 rht supports d <= 128 (validated before the launch)")
+    x = torch.randn(2053, 3 * d, generator=gen, device="cuda").to(dtype)
+    x[0].fill_(float("nan"))  # poison one row: NaN stays in its own blocks
+    s = SignVector(random_sign_vector(d, seed=d + 3))
+    calls = []
+    real = rht_mod.gluon_launch
+    monkeypatch.setattr(rht_mod, "gluon_launch", lambda *a, **k: calls.append(k) or real(*a, **k))
+    configs = G._prune(G._CONFIGS, {"LOG_N": d.bit_length() - 1, "VEC_BITS": G._VEC_BITS[dtype]})
+    for inverse in (False, True):
+        ref = rht_ref(x[1:], s, d, -1, inverse=inverse)
+        for cfg in [None] + configs:
+            y = rht_mod._rht_launch(x, s, -1, inverse, config=cfg)
+            assert torch.isnan(y[0]).all() and not torch.isnan(y[1:]).any()
+            assert rel_rms(y[1:], ref) <= _bound(ref, dtype, d), (inverse, cfg)
+            if dtype != torch.float32:
+                assert (y[1:] == ref.to(dtype)).double().mean().item() >= 0.999, (inverse, cfg)
+    assert len(calls) == 2 * (1 + len(configs)) and all(k["signs_after"] == (i >= len(calls) // 2)
+                                                        for i, k in enumerate(calls))
+    for inverse, f in ((False, rht), (True, inverse_rht)):  # the public call routes there too
+        got, want = f(x, s, d, -1), rht_mod._rht_launch(x, s, -1, inverse)
+        assert torch.isnan(got[0]).all() and torch.equal(got[1:], want[1:])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("d", sorted(rht_mod.GLUON_D))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+def test_rht_gluon_columns_every_kept_config(d, dtype, gen, monkeypatch):
+    """Blocks along axis 0 of a 2-D tensor and along the middle axis of a 3-D one (>= 64 contiguous
+    elements after the axis) run the Gluon column tiles with the signs fused, forward and inverse, for
+    every kept config (config None: routed there for d in GLUON_COLS_D only, checked): column counts
+    that not every tile divides, one NaN column that stays in its own blocks."""
+    from hadamard_kernels import gluon_butterfly as G
+
+    if dtype == torch.float32 and d > 128:
+        pytest.skip("fp32 rht supports d <= 128 (validated before the launch)")
+    s = SignVector(random_sign_vector(d, seed=d + 5))
+    calls = []
+    real = rht_mod.gluon_cols_launch
+    monkeypatch.setattr(rht_mod, "gluon_cols_launch", lambda *a, **k: calls.append(k) or real(*a, **k))
+    configs = G._prune_cols(G._COLS_CONFIGS, {"LOG_D": d.bit_length() - 1, "VEC_BITS": G._VEC_BITS[dtype]})
+    for shape, axis in (((3 * d, 336), 0), ((2, 2 * d, 80), 1)):
+        x = torch.randn(shape, generator=gen, device="cuda").to(dtype)
+        x[..., 5] = float("nan")
+        keep = torch.ones(shape[-1], dtype=torch.bool, device="cuda")
+        keep[5] = False
+        for inverse in (False, True):
+            ref = rht_ref(x[..., keep], s, d, axis, inverse=inverse)
+            for cfg in [None] + configs:
+                y = rht_mod._rht_launch(x, s, axis, inverse, config=cfg)
+                assert torch.isnan(y[..., 5]).all() and not torch.isnan(y[..., keep]).any()
+                assert rel_rms(y[..., keep], ref) <= _bound(ref, dtype, d), (shape, inverse, cfg)
+                if dtype != torch.float32:
+                    assert (y[..., keep] == ref.to(dtype)).double().mean().item() >= 0.999, (shape, inverse, cfg)
+    routed = d in rht_mod.GLUON_COLS_D  # config None: the Gluon tiles only where they measured faster
+    per_case = len(configs) + routed
+    assert len(calls) == 4 * per_case
+    x = torch.randn(3 * d, 336, generator=gen, device="cuda").to(dtype)
+    assert torch.equal(rht(x, s, d, 0), rht_mod._rht_launch(x, s, 0, False))  # the public call: the same route
+    assert len(calls) == 4 * per_case + 2 * routed
+    narrow = torch.randn(3 * d, 40, generator=gen, device="cuda").to(dtype)  # 40 columns: the dot kernel
+    ref = rht_ref(narrow, s, d, 0)
+    assert rel_rms(rht(narrow, s, d, 0), ref) <= _bound(ref, dtype, d) and len(calls) == 4 * per_case + 2 * routed
 
 
 # ---------------------------------------------------------------------------------- sign vectors
@@ -518,6 +612,7 @@ def test_eager_call_hands_the_input_itself_to_the_launch(shape, axis, rows, devi
     def no_cdiv(*a, **k):
         raise AssertionError("triton.cdiv called on the host path")
 
+    monkeypatch.setattr(rht_mod, "GLUON_D", frozenset())  # the plain-Triton launch (the Gluon one: below)
     x = torch.randn(shape, generator=gen, device=device).to(torch.bfloat16)
     rht(x, DEFAULT_SIGN_VECTOR, 16, axis)  # warm: any compilation happens before the patch
     monkeypatch.setattr(triton, "cdiv", no_cdiv)
@@ -541,6 +636,41 @@ def test_eager_call_hands_the_input_itself_to_the_launch(shape, axis, rows, devi
     assert consts == {"D": 16, "IS_FP32": False}
     ref = rht_ref(x, DEFAULT_SIGN_VECTOR, 16, axis)
     assert rel_rms(y, ref) <= _bound(ref, torch.bfloat16, 16)
+
+
+def test_op_body_knows_when_it_is_traced(device):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x = torch.randn(4, 16, device=device)
+    assert not rht_mod._tracing(x)
+    with FakeTensorMode() as mode:
+        assert rht_mod._tracing(mode.from_tensor(x))
+
+
+@pytest.mark.cuda
+def test_eager_gluon_call_and_autograd_run_the_same_kernel(gen, monkeypatch):
+    """On Hopper an eager rht of contiguous rows hands x itself to the Gluon launch (integer grid),
+    and with autograd recording both the forward and the backward op run that kernel eagerly too, so
+    a gradient is bit for bit the eager inverse_rht of the upstream gradient."""
+    from hadamard_kernels import gluon_butterfly as G
+
+    x = torch.randn(3 * 97, 32, generator=gen, device="cuda").to(torch.bfloat16)
+    s = DEFAULT_SIGN_VECTOR
+    rht(x, s, 16)
+    seen = []
+    real = G.launch
+    monkeypatch.setattr(G, "launch", lambda k, grid, args, consts, config=None: seen.append((args[0], grid, consts))
+                        or real(k, grid, args, consts, config))
+    y = rht(x, s, 16)
+    (arg, grid, consts), = seen
+    assert arg is x and consts["SIGNS"] == 1
+    assert all(type(v) is int for v in grid({"LOG_T": 12}))
+    xr = x.detach().clone().requires_grad_()
+    g = torch.randn_like(x)
+    yr = rht(xr, s, 16)
+    yr.backward(g)
+    assert len(seen) == 3 and seen[2][2]["SIGNS"] == 2  # forward op, backward op (the inverse)
+    assert torch.equal(yr, y) and torch.equal(xr.grad, inverse_rht(g, s, 16))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the examples use CPU tensors, which run only under the interpreter: the CPU suite runs them")

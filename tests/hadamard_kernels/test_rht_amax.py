@@ -193,7 +193,50 @@ def test_bit_exact_gpu_sizes(shape, d, axis, gen):
 def test_bit_exact_gpu_random_shapes(shape, d, axis, seed):
     g = torch.Generator(device="cuda").manual_seed(seed)
     x = torch.randn(shape, generator=g, device="cuda").to(torch.bfloat16)
-    _check(x, random_sign_vector(d, seed=seed), d, axis)
+    s = random_sign_vector(d, seed=seed)
+    _check(x, s, d, axis)
+    rr, aa = rht_amax_contract(x, s, d, axis)
+    for kernel in ("persistent", "tiled"):  # the public call runs one of them; both, autotuned
+        r, a = ra._rht_amax_launch(x, SignVector(s), axis, kernel=kernel)
+        assert _bits(r) == _bits(rr) and _bits(a) == _bits(aa), kernel
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("d", [2, 8, 16, 128])
+def test_tiled_every_config(axis, d, device, gen):
+    """Every tiled config that fits d, through the seam, bit for bit: tiles that do not divide the
+    input (masked rows / columns), TILES loops past the end, d = 2 / 8 on the register path."""
+    blocks, other = 5, 600  # 5 blocks of d along the axis: several programs end past the input
+    shape = (blocks * d, other) if axis == 0 else (other // 8 + 3, blocks * d)
+    x = (torch.randn(shape, generator=gen, device=device) * 5).to(torch.bfloat16)
+    x[shape[0] // 2, shape[1] - 1] = -40.0  # one outlier, late in the input
+    sv = SignVector(random_sign_vector(d, seed=d + axis))
+    rr, aa = rht_amax_contract(x, sv, d, axis)
+    configs = [c for c in ra.AMAX_TILED_CONFIGS if ra._fits_tiled(c, d)]
+    assert configs
+    for cfg in configs:
+        out = ra._rht_amax_launch(x, sv, axis, config=cfg)
+        assert [_bits(t) for t in out] == [_bits(rr), _bits(aa)], (d, axis, cfg)
+
+
+def test_kernel_choice_and_seam_errors(device, gen):
+    x = torch.randn(64, 48, generator=gen, device=device).to(torch.bfloat16)
+    assert ra._tiled_ok(x, 0) and ra._tiled_ok(x, 1)
+    wide = torch.randn(64, 96, generator=gen, device=device).to(torch.bfloat16)[:, :48]  # rows 96 apart
+    assert ra._tiled_ok(wide, 0) and not ra._tiled_ok(wide, 1)
+    assert not ra._tiled_ok(x.t(), 0)
+    sv = SignVector(DEFAULT_SIGN_VECTOR)
+    rr, aa = rht_amax_contract(wide, sv, 16, 1)
+    r, a = ra._rht_amax_launch(wide, sv, 1)  # auto: the persistent kernel reads the strided rows
+    assert _bits(r) == _bits(rr) and _bits(a) == _bits(aa)
+    with pytest.raises(ValueError, match="tiled rht_amax kernel needs"):
+        ra._rht_amax_launch(wide, sv, 1, kernel="tiled")
+    with pytest.raises(ValueError, match="kernel must be"):
+        ra._rht_amax_launch(x, sv, 0, kernel="fast")
+    with pytest.raises(ValueError, match="is a tiled config"):
+        ra._rht_amax_launch(x, sv, 0, config=ra.AMAX_TILED_CONFIGS[0], kernel="persistent")
+    with pytest.raises(ValueError, match="use_tma applies"):
+        ra._rht_amax_launch(x, sv, 0, kernel="tiled", use_tma=True)
 
 
 @pytest.mark.cuda
