@@ -1,25 +1,27 @@
 """RHT + amax and RHT / inverse RHT: GB/s against the torch.clone ceiling of the same run.
 
-Lean on purpose (15 timed cases, few distinct autotune keys, each kernel list <= 6 configs) so the
-whole suite runs in about two minutes on a GPU including compiles.
+Lean on purpose (few distinct autotune keys, each kernel list <= 8 configs) so the whole suite runs
+in a few minutes on a GPU including compiles.
 
 rht_amax (bf16, bytes = 2 per element, read only), d=16, axis=0, at 8192x8192 one row per kernel
 variant, so one GPU run answers the design questions:
 
-- ``auto``: the full autotune list (what ``rht_amax`` runs);
-- ``tma-ws``: only the warp-specialized TMA configs (``tl.dot`` in the specialized loop);
-- ``tma``: only the non-specialized configs, TMA loads;
-- ``ptr``: the non-specialized configs with plain pointer loads;
+- ``auto``: what ``rht_amax`` runs (the tiled kernel up to 2^25 elements, the persistent one above,
+  each with its full autotune list);
+- ``tma-ws``: only the persistent kernel's warp-specialized TMA configs (``tl.dot`` in the loop);
+- ``tma``: only its non-specialized configs, TMA loads;
+- ``ptr``: its non-specialized configs with plain pointer loads;
+- ``tiled``: the tiled kernel (``AMAX_TILED_CONFIGS``);
 - ``torch-ref``: the peer contract expression in torch (transpose + bf16 matmul + abs + max).
 
 The variants go through the launcher's seam (``_rht_amax_launch(x, sv, axis, config=..., use_tma=...)``):
 on the first (untimed) call a variant times each of its configs (best of two ``bench_ms`` medians) and
 keeps the fastest, as the autotuner does for ``auto`` (the interpreter takes the first).
 
-plus ``auto`` at 2048x4096 (launch/latency bound) and 16384x16384, and ``auto`` at 8192x8192 for
-axis=1 (d=16) and d=128 (axis 0). rht: bf16 (16384, 8192) = 256 MiB, bytes = 2 + 2 per element,
-d 16 and 128, axis -1 and 0; inverse_rht d=128 axis -1; one ``torch-ref`` (bf16 matmul) at d=128
-axis -1. ``ctx.quick``: tiny shapes (interpreter smoke).
+plus ``auto`` at 2048x4096 (launch/latency bound) and 16384x16384, and ``auto`` at 8192x8192 and
+16384x16384 for (d, axis) = (16, 1), (128, 0), (128, 1). rht and inverse_rht: bf16 (16384, 8192) =
+256 MiB, bytes = 2 + 2 per element, d = 16, 32, 64, 128, 256, each along the last axis and axis 0;
+one ``torch-ref`` (bf16 matmul) at d=128 axis -1. ``ctx.quick``: tiny shapes (interpreter smoke).
 
 ``ctx.sizes`` (``SIZES``; the tour refuses others before any work, ``size_problem``): rht_amax on
 N x N squares, every variant, for each N; the axis=1 and d=128 rht_amax rows and the rht /
@@ -51,6 +53,8 @@ SIZES = (f"N of N x N squares (bf16), N a multiple of {SIZE_STEP} (whole d = 128
          f"N <= {CPU_MAX_N} on the CPU interpreter")
 PLOT = harness.Plot("input elements M x N (log2 axis; d = RHT block size, ax = axis)",
                     series=lambda r: f"{r['op']} / {r['impl']} / {_block_axis(str(r['shape']))}")
+AMAX_OTHER = ((16, 1), (128, 0), (128, 1))  # (d, axis) beside d = 16 axis 0, at 8192^2 and 16384^2
+RHT_D = (16, 32, 64, 128, 256)  # rht and inverse_rht, each along the last axis and axis 0
 BYTES_PER_ELEMENT = 4 + 2 + 3 * 2  # float32 randn, its bf16 copy, the torch reference's three bf16 temporaries
 
 
@@ -77,6 +81,8 @@ def _variant(impl: str, axis: int, d: int, on_gpu: bool):
     """(configs, use_tma) of a benchmark variant; configs None: the autotuner's full list."""
     if impl == "auto":
         return None, None
+    if impl == "tiled":
+        return [c for c in _ra.AMAX_TILED_CONFIGS if _ra._fits_tiled(c, d)], None
     configs = [c for c in _ra.amax_configs(axis, d) if c.kwargs["WARP_SPECIALIZE"] == (impl == "tma-ws")]
     if impl == "ptr":
         return configs, False
@@ -155,10 +161,10 @@ def _rht_cases(ctx: Context, x: torch.Tensor, d: int, axis: int, ops=("rht",),
 def cases(ctx: Context) -> Iterable[Case]:
     dev = ctx.device
     g = torch.Generator(device=dev).manual_seed(0)
-    variants = ["torch-ref", "auto", "tma-ws", "tma", "ptr"]
+    variants = ["torch-ref", "auto", "tma-ws", "tma", "ptr", "tiled"]
     if ctx.quick:
         small, mid, big = (64, 128), (128, 256), (256, 256)
-        rht_shape = (256, 128)
+        rht_shape = (256, 256)  # d = 256 along either axis
     else:
         small, mid, big = (2048, 4096), (8192, 8192), (16384, 16384)
         rht_shape = (16384, 8192)  # 256 MiB of bf16
@@ -179,29 +185,30 @@ def cases(ctx: Context) -> Iterable[Case]:
         yield from _amax_cases(ctx, x, DEFAULT_SIGN_VECTOR, 16, 0, impls)
         del x
     s128 = SignVector(random_sign_vector(128, seed=128))
-    why = _no_room(*mid, dev)
-    if why:
-        for d, axis in ((16, 1), (128, 0)):
-            yield harness.skip_case(SUITE, "rht_amax", "auto", f"{mid[0]}x{mid[1]} d={d} ax={axis}", "bf16", why,
-                                    size=mid[0] * mid[1])
-    else:
-        x = torch.randn(*mid, generator=g, device=dev).to(torch.bfloat16)
-        yield from _amax_cases(ctx, x, DEFAULT_SIGN_VECTOR, 16, 1, ["auto"])
-        yield from _amax_cases(ctx, x, s128, 128, 0, ["auto"])
+    for shape in ((mid, big) if not ctx.sizes else (mid,)):  # the other (d, axis) of #13's rht_amax rows
+        why = _no_room(*shape, dev)
+        if why:
+            for d, axis in AMAX_OTHER:
+                yield harness.skip_case(SUITE, "rht_amax", "auto", f"{shape[0]}x{shape[1]} d={d} ax={axis}", "bf16",
+                                        why, size=shape[0] * shape[1])
+            continue
+        x = torch.randn(*shape, generator=g, device=dev).to(torch.bfloat16)
+        for d, axis in AMAX_OTHER:
+            yield from _amax_cases(ctx, x, DEFAULT_SIGN_VECTOR if d == 16 else s128, d, axis, ["auto"])
         del x
     why = _no_room(*rht_shape, dev)
     if why:
-        for op, impl, d, axis in (("rht", "triton", 16, -1), ("rht", "triton", 16, 0), ("rht", "torch-ref", 128, -1),
-                                  ("rht", "triton", 128, -1), ("inverse_rht", "triton", 128, -1),
-                                  ("rht", "triton", 128, 0)):
-            yield harness.skip_case(SUITE, op, impl, f"{tuple(rht_shape)} d={d} ax={axis}", "bf16", why,
-                                    size=rht_shape[0] * rht_shape[1])
+        for d in RHT_D:
+            for axis in (-1, 0):
+                rows = [("rht", "torch-ref")] * ((d, axis) == (128, -1)) + [("rht", "triton"), ("inverse_rht", "triton")]
+                for op, impl in rows:
+                    yield harness.skip_case(SUITE, op, impl, f"{tuple(rht_shape)} d={d} ax={axis}", "bf16", why,
+                                            size=rht_shape[0] * rht_shape[1])
         return
     xr = torch.randn(rht_shape, generator=g, device=dev).to(torch.bfloat16)
-    yield from _rht_cases(ctx, xr, 16, -1)
-    yield from _rht_cases(ctx, xr, 16, 0)
-    yield from _rht_cases(ctx, xr, 128, -1, ops=("rht", "inverse_rht"), with_ref=True)
-    yield from _rht_cases(ctx, xr, 128, 0)
+    for d in RHT_D:
+        for axis in (-1, 0):
+            yield from _rht_cases(ctx, xr, d, axis, ops=("rht", "inverse_rht"), with_ref=(d, axis) == (128, -1))
 
 
 def _no_room(m: int, n: int, device: str) -> str | None:
