@@ -129,7 +129,7 @@ KERNEL_IN_CODE = {
     "hadamard_transform_12N": None,
     "rht": "_rht_rows_kernel",
     "inverse_rht": "_rht_cols_kernel",
-    "rht_amax": "_rht_amax_cols_kernel",
+    "rht_amax": "_rht_amax_tiled_cols_kernel",  # inputs <= 2^25 elements: the tiled kernel
 }
 
 
