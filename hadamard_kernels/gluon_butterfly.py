@@ -28,6 +28,13 @@ function, ``hadamard.butterfly_hadamard``).
 
 ``chain``, ``chain_layout``, ``stage_mask`` and ``radix2_stages`` are the layout chain as Gluon helpers;
 ``fp8_quant.gluon_kernels`` builds its D-point transform from them.
+
+The RHT (``hadamard_kernels.rht``) runs the same kernel with its signs fused (``SIGNS``: one fp32
+multiply by +-1 after the load, or before the store for the inverse), and a column-tile twin,
+``_fwht_cols_gluon_kernel``, for blocks of d rows along a strided axis: ``plan_at`` puts the
+transformed bits above the contiguous column bits, so loads and stores stay 16-byte vectors along
+the columns (the offsets carry ``multiple_of`` / ``max_contiguous`` hints: the compiler cannot see
+the runs through the mask and shift).
 """
 
 from __future__ import annotations
