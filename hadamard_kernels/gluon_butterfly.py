@@ -116,15 +116,27 @@ def chain_length(log_n, log_t, num_warps, vec_bits):
 
 
 @gluon.constexpr_function
-def chain_layout(log_n, log_t, num_warps, vec_bits, i):
-    reg, lane, warp, _ = chain(log_n, log_t, num_warps, vec_bits)[i]
+def entry_layout(entry, log_t):
+    """The linear layout of one chain entry (reg, lane, warp, stages) over a tile of 2^log_t."""
+    reg, lane, warp, _ = entry
     return gl.DistributedLinearLayout([[1 << b] for b in reg], [[1 << b] for b in lane],
                                       [[1 << b] for b in warp], [], [1 << log_t])
 
 
 @gluon.constexpr_function
+def entry_mask(entry):
+    """The tile bits one chain entry transforms, as a bit mask (``radix2_stages``' MASK)."""
+    return sum(1 << s for s in entry[3])
+
+
+@gluon.constexpr_function
+def chain_layout(log_n, log_t, num_warps, vec_bits, i):
+    return entry_layout(chain(log_n, log_t, num_warps, vec_bits)[i], log_t)
+
+
+@gluon.constexpr_function
 def stage_mask(log_n, log_t, num_warps, vec_bits, i):
-    return sum(1 << s for s in chain(log_n, log_t, num_warps, vec_bits)[i][3])
+    return entry_mask(chain(log_n, log_t, num_warps, vec_bits)[i])
 
 
 @gluon.jit
@@ -136,6 +148,46 @@ def radix2_stages(y, T: gl.constexpr, LOG_N: gl.constexpr, MASK: gl.constexpr):
             y = y.reshape([T >> (s + 1), 2, 1 << s]).permute((0, 2, 1))
             a, b = y.split()
             y = gl.join(a + b, a - b).permute((0, 2, 1)).reshape([T])
+    return y
+
+
+@gluon.constexpr_function
+def chain_at(log_n, col_lo, log_t, num_warps, vec_bits):
+    return plan_at(log_n, col_lo, log_t, num_warps.bit_length() - 1, vec_bits)
+
+
+@gluon.constexpr_function
+def length_at(log_n, col_lo, log_t, num_warps, vec_bits):
+    return len(chain_at(log_n, col_lo, log_t, num_warps, vec_bits))
+
+
+@gluon.constexpr_function
+def layout_at(log_n, col_lo, log_t, num_warps, vec_bits, i):
+    return entry_layout(chain_at(log_n, col_lo, log_t, num_warps, vec_bits)[i], log_t)
+
+
+@gluon.constexpr_function
+def mask_at(log_n, col_lo, log_t, num_warps, vec_bits, i):
+    return entry_mask(chain_at(log_n, col_lo, log_t, num_warps, vec_bits)[i])
+
+
+@gluon.jit
+def chain_transform(y, s, scale, LOG_T: gl.constexpr, LOG_N: gl.constexpr, COL_LO: gl.constexpr,
+                    VEC_BITS: gl.constexpr, SIGNS: gl.constexpr):
+    # The transform of the fp32 tile y of 2^LOG_T (in the chain's first layout, L0) over the tile
+    # bits COL_LO .. COL_LO + LOG_N - 1: stages in each layout of ``plan_at``, ending in L0 again;
+    # then * scale. SIGNS 1: y * s first (the RHT), 2: * s last (its inverse), 0: s unused.
+    NW: gl.constexpr = gl.num_warps()
+    T: gl.constexpr = 1 << LOG_T
+    if SIGNS == 1:
+        y = y * s
+    y = radix2_stages(y, T, LOG_T, mask_at(LOG_N, COL_LO, LOG_T, NW, VEC_BITS, 0))
+    for i in gl.static_range(1, length_at(LOG_N, COL_LO, LOG_T, NW, VEC_BITS)):
+        y = gl.convert_layout(y, layout_at(LOG_N, COL_LO, LOG_T, NW, VEC_BITS, i))
+        y = radix2_stages(y, T, LOG_T, mask_at(LOG_N, COL_LO, LOG_T, NW, VEC_BITS, i))  # the last layout is L0
+    y = y * scale
+    if SIGNS == 2:
+        y = y * s
     return y
 
 
@@ -154,17 +206,10 @@ def _fwht_gluon_kernel(x_ptr, out_ptr, s_ptr, M, scale, M_BUCKET,
     offs = gl.program_id(0).to(gl.int64) * T + idx.to(gl.int64)
     mask = offs < gl.to_tensor(M).to(gl.int64) * (1 << LOG_N)  # M == 1 arrives as a Python int
     y = gl.load(x_ptr + offs, mask=mask, other=0.0).to(gl.float32)
+    s = y  # no signs: unused
     if SIGNS != 0:
         s = gl.load(s_ptr + (idx & ((1 << LOG_N) - 1)))  # N values, cached: no DRAM traffic per tile
-    if SIGNS == 1:
-        y = y * s
-    y = radix2_stages(y, T, LOG_N, stage_mask(LOG_N, LOG_T, NW, VEC_BITS, 0))
-    for i in gl.static_range(1, chain_length(LOG_N, LOG_T, NW, VEC_BITS)):
-        y = gl.convert_layout(y, chain_layout(LOG_N, LOG_T, NW, VEC_BITS, i))
-        y = radix2_stages(y, T, LOG_N, stage_mask(LOG_N, LOG_T, NW, VEC_BITS, i))  # the last layout is L0
-    y = y * scale
-    if SIGNS == 2:
-        y = y * s
+    y = chain_transform(y, s, scale, LOG_T, LOG_N, 0, VEC_BITS, SIGNS)
     gl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -180,7 +225,7 @@ def _fwht_cols_gluon_kernel(x_ptr, out_ptr, s_ptr, n_inner, scale, SIZE_BUCKET,
     NW: gl.constexpr = gl.num_warps()
     T: gl.constexpr = 1 << LOG_T
     LOG_I: gl.constexpr = LOG_T - LOG_D
-    L0: gl.constexpr = cols_layout(LOG_D, LOG_T, NW, VEC_BITS, 0)
+    L0: gl.constexpr = layout_at(LOG_D, LOG_I, LOG_T, NW, VEC_BITS, 0)
     idx = gl.arange(0, T, layout=L0)
     row = idx >> LOG_I
     # runs of 2^VEC_BITS contiguous columns starting at multiples of it (the compiler cannot see that
@@ -190,40 +235,11 @@ def _fwht_cols_gluon_kernel(x_ptr, out_ptr, s_ptr, n_inner, scale, SIZE_BUCKET,
     offs = gl.max_contiguous(gl.multiple_of(offs, 1 << VEC_BITS), 1 << VEC_BITS)
     mask = gl.max_constancy(col < n_inner, 1 << VEC_BITS)
     y = gl.load(x_ptr + offs, mask=mask, other=0.0).to(gl.float32)
+    s = y  # no signs: unused
     if SIGNS != 0:
         s = gl.load(s_ptr + row)  # D values, cached
-    if SIGNS == 1:
-        y = y * s
-    y = radix2_stages(y, T, LOG_T, cols_mask(LOG_D, LOG_T, NW, VEC_BITS, 0))
-    for i in gl.static_range(1, cols_chain_length(LOG_D, LOG_T, NW, VEC_BITS)):
-        y = gl.convert_layout(y, cols_layout(LOG_D, LOG_T, NW, VEC_BITS, i))
-        y = radix2_stages(y, T, LOG_T, cols_mask(LOG_D, LOG_T, NW, VEC_BITS, i))  # the last layout is L0
-    y = y * scale
-    if SIGNS == 2:
-        y = y * s
+    y = chain_transform(y, s, scale, LOG_T, LOG_D, LOG_I, VEC_BITS, SIGNS)
     gl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-@gluon.constexpr_function
-def cols_chain(log_d, log_t, num_warps, vec_bits):
-    return plan_at(log_d, log_t - log_d, log_t, num_warps.bit_length() - 1, vec_bits)
-
-
-@gluon.constexpr_function
-def cols_chain_length(log_d, log_t, num_warps, vec_bits):
-    return len(cols_chain(log_d, log_t, num_warps, vec_bits))
-
-
-@gluon.constexpr_function
-def cols_layout(log_d, log_t, num_warps, vec_bits, i):
-    reg, lane, warp, _ = cols_chain(log_d, log_t, num_warps, vec_bits)[i]
-    return gl.DistributedLinearLayout([[1 << b] for b in reg], [[1 << b] for b in lane],
-                                      [[1 << b] for b in warp], [], [1 << log_t])
-
-
-@gluon.constexpr_function
-def cols_mask(log_d, log_t, num_warps, vec_bits, i):
-    return sum(1 << s for s in cols_chain(log_d, log_t, num_warps, vec_bits)[i][3])
 
 
 # --- Autotune: LOG_T (log2 tile) and warps, listed as (log2 values per thread, warps). Measured on
@@ -242,11 +258,19 @@ def _fits(config, log_n: int, vec_bits: int) -> bool:
     return log_t <= max(log_n + 2, 11) and plan(log_n, log_t, config.num_warps.bit_length() - 1, vec_bits) is not None
 
 
-def _prune(configs, named_args, **kwargs):
-    args = {**named_args, **kwargs}
-    log_n, vec_bits = args["LOG_N"], args["VEC_BITS"]
-    kept = [c for c in configs if _fits(c, log_n, vec_bits)][:5]
-    return kept or [next(c for c in _CONFIGS if _fits(c, log_n, vec_bits))]
+def _pruner(all_configs, fits, size_key: str):
+    """The autotune prune of a Gluon kernel: the first five configs that ``fits(config, log2 size,
+    vec_bits)``; none (the autotuner may hold one config that does not fit, LOWPREC_AUTOTUNE=first):
+    the first fitting one of ``all_configs``."""
+    def prune(configs, named_args, **kwargs):
+        args = {**named_args, **kwargs}
+        log_n, vec_bits = args[size_key], args["VEC_BITS"]
+        kept = [c for c in configs if fits(c, log_n, vec_bits)][:5]
+        return kept or [next(c for c in all_configs if fits(c, log_n, vec_bits))]
+    return prune
+
+
+_prune = _pruner(_CONFIGS, _fits, "LOG_N")
 
 
 @functools.lru_cache(maxsize=64)
@@ -273,11 +297,7 @@ def _fits_cols(config, log_d: int, vec_bits: int) -> bool:
             and plan_at(log_d, log_t - log_d, log_t, wb, vec_bits) is not None)
 
 
-def _prune_cols(configs, named_args, **kwargs):
-    args = {**named_args, **kwargs}
-    log_d, vec_bits = args["LOG_D"], args["VEC_BITS"]
-    kept = [c for c in configs if _fits_cols(c, log_d, vec_bits)][:5]
-    return kept or [next(c for c in _COLS_CONFIGS if _fits_cols(c, log_d, vec_bits))]
+_prune_cols = _pruner(_COLS_CONFIGS, _fits_cols, "LOG_D")
 
 
 @functools.lru_cache(maxsize=64)
