@@ -307,8 +307,8 @@ def _rht_launch(x: torch.Tensor, sv: SignVector, axis: int, inverse: bool,
                           signs_after=inverse)
     elif config is not None and "LOG_T" in config.kwargs:
         raise ValueError(f"a LOG_T (Gluon) config runs d >= {min(GLUON_D)} on a CUDA tensor on sm90 (eagerly), "
-                         f"along the last axis or along one with >= 64 contiguous elements after it (a whole "
-                         f"number of 16-byte vectors); got d={d}, axis={axis}, shape {tuple(shape)}")
+                         f"along the last axis or along one followed by >= 64 contiguous elements (a multiple "
+                         f"of 16); got d={d}, axis={axis}, shape {tuple(shape)}")
     elif inner == 1:  # the last axis, or only size-1 dims after it: contiguous rows of d
         n_rows = numel // d
         grid = lambda meta: ((n_rows - 1) // (meta["BLOCK_R"] * meta["TILES"]) + 1,)  # noqa: E731
