@@ -23,9 +23,9 @@ programs into zero-initialized int32 buffers that are then viewed as float32.
 
 A second, tiled kernel pair (``_rht_amax_tiled_rows_kernel`` / ``_rht_amax_tiled_cols_kernel``) runs
 the same math over a grid that covers the input, TILES tiles per program with pointer loads, one
-atomic max per output per program. It is faster for small inputs (<= 2^25 elements: fewer, larger
-launches of work per SM, no persistent prologue; measured on the H200) and is what ``rht_amax``
-runs there when x has a unit column stride (axis 1: contiguous); larger inputs run the persistent one.
+atomic max per output per program. It measured faster on the H200 up to 4096^2 and slower from
+8192^2 on (``_TILED_MAX_NUMEL``), so ``rht_amax`` runs it for inputs of <= 2^25 elements with a unit
+column stride (axis 1: contiguous); other inputs run the persistent one.
 
 Seam: ``_rht_amax_launch(x, sv, axis, config=None, use_tma=None, kernel="auto")``; ``config=None``
 autotunes, a ``triton.Config`` from ``AMAX_COLS_CONFIGS`` (axis 0) / ``AMAX_ROWS_CONFIGS`` (axis 1)
@@ -375,7 +375,8 @@ def _rht_amax_launch(x: torch.Tensor, sv: SignVector, axis: int, config: "triton
 
     ``kernel``: "persistent" (one program per SM, TMA or pointer loads, the warp-specialized
     configs), "tiled" (a grid over the input, pointer loads; x with unit column stride, and
-    contiguous for axis 1) or "auto": tiled where it applies, else persistent. A config from
+    contiguous for axis 1) or "auto": tiled where it applies and x has <= ``_TILED_MAX_NUMEL``
+    elements (with ``use_tma`` None), else persistent. A config from
     ``AMAX_TILED_CONFIGS`` selects the tiled kernel, one from ``AMAX_COLS_CONFIGS`` /
     ``AMAX_ROWS_CONFIGS`` the persistent one.
     ``config=None`` autotunes; a ``triton.Config`` of the kernel's list launches exactly that config.
