@@ -9,7 +9,7 @@ the kernel-choice tables (``hadamard_kernels/dispatch_table.py``) from its ``but
   ``butterfly`` (the in-register butterfly: on Hopper the Gluon kernel for powers of two, its note
   says which), ``matmul`` (the tensor-core kernel, bf16 hi/lo
   split dots), ``auto`` (what ``hadamard_transform`` / ``hadamard_transform_<K>N`` run: the dispatch
-  table);
+  table; for K * 2^m in bf16 on Hopper the Gluon kernel of ``gluon_kmix``, the row's note says so);
 - n in {256, 4096, 32768}: ``torch-matmul``, dense ``x @ H`` in bf16 (a peer: fp32 accumulate; at
   32768 compute-bound), the ``speedup`` baseline of those sizes;
 - ``fast_hadamard_transform``: Dao's CUDA kernel when importable (powers of two only).
@@ -39,7 +39,7 @@ import torch
 
 from benchmarks import harness
 from benchmarks.harness import Case, Context
-from hadamard_kernels import hadamard as H
+from hadamard_kernels import gluon_kmix, hadamard as H
 from hadamard_kernels.gluon_butterfly import eligible as gluon_eligible
 from hadamard_kernels.matrices import hadamard_k_matrix, is_power_of_two
 from hadamard_kernels.reference import hadamard_transform_ref, rel_rms, rounding_bound
@@ -143,6 +143,15 @@ def _butterfly_note(k: int, n: int, device: str) -> str:
     return "Gluon kernel" if k == 1 and gluon_eligible(probe, n, True) else "plain Triton"
 
 
+def _auto_note(k: int, n: int, device: str) -> str:
+    """What the public function ran: on Hopper the Gluon K * 2^m kernel (bf16 rows it takes), else
+    the dispatch table's kernel."""
+    probe = torch.empty(0, device=device, dtype=torch.bfloat16)
+    if k > 1 and gluon_kmix.eligible(probe, n, k, n // k, True):
+        return "Gluon K-mix kernel (tensor-core K mix)"
+    return f"dispatch: {H._pick(n, k, torch.bfloat16)}"
+
+
 def _impls(k: int, n: int, rows: int, device: str,
            x: Callable[[], torch.Tensor]) -> list[tuple[str, Callable, str, bool]]:
     """(impl, fn, note, checkable) for one size."""
@@ -150,7 +159,7 @@ def _impls(k: int, n: int, rows: int, device: str,
     out = [
         ("butterfly", lambda: H.butterfly_hadamard(x(), 1.0, hk), _butterfly_note(k, n, device), True),
         ("matmul", lambda: H.matmul_hadamard(x(), 1.0, hk), "", True),
-        ("auto", lambda: _K_PUBLIC[k](x(), 1.0), f"dispatch: {H._pick(n, k, torch.bfloat16)}", True),
+        ("auto", lambda: _K_PUBLIC[k](x(), 1.0), _auto_note(k, n, device), True),
     ]
     if k == 1 and n in TORCH_MATMUL_N:
         out.append(("torch-matmul", lambda: x() @ _dense(n, rows, device), "dense bf16 x @ H", True))

@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from hadamard_kernels.dispatch_table import DEFAULT, DISPATCH, DISPATCH_K
+from hadamard_kernels import gluon_kmix
 from hadamard_kernels.gluon_butterfly import eligible as gluon_eligible, gluon_launch
 from hadamard_kernels.matrices import HADAMARD_K, hadamard_k_matrix, is_hadamard, padded_size
 from hadamard_kernels.runtime import autotune_do_bench, autotune_configs, bucket, launch
@@ -305,6 +306,11 @@ def _launch(x: torch.Tensor, scale: float, h_k: Optional[torch.Tensor], kernel: 
             raise ValueError(f"kernel 'gluon' takes a LOG_T config (gluon_butterfly._CONFIGS), got {config}")
         gluon_launch(xr, out, m, float(scale), config)
         return out
+    if kernel == "gluon" and k > 1 and not traced and gluon_kmix.eligible(x, n, k, p, r1 == 1 and (m == 1 or s0 == n)):
+        if config is not None and "LOG_T" not in config.kwargs:
+            raise ValueError(f"kernel 'gluon' takes a LOG_T config (gluon_kmix._CONFIGS), got {config}")
+        gluon_kmix.gluon_kmix_launch(xr, out, m, n, _padded_ht(h_k, x.dtype), p, float(scale), config)
+        return out
     if kernel == "gluon":
         raise ValueError(f"the Gluon kernel runs eagerly (traced={traced}) on contiguous CUDA rows of n = 2^m in "
                          f"[16, 32768] on sm90; got n={n}, shape {tuple(x.shape)}, device {x.device}")
@@ -359,10 +365,15 @@ for _name, _op in _OPS.items():
     torch.library.register_autograd(f"hadamard_kernels::fwht_{_name}", _make_backward(_op), setup_context=_setup_context)
 
 
+def _traced(x: torch.Tensor) -> bool:
+    """The call goes through the custom op: under torch.compile, or autograd records a graph through x."""
+    return torch.compiler.is_compiling() or (x.requires_grad and torch.is_grad_enabled())
+
+
 def _run(kernel: str, x: torch.Tensor, scale: float, h_k: Optional[torch.Tensor]) -> torch.Tensor:
-    """Validated arguments -> the custom op under torch.compile or when autograd records a graph
-    through x (so the backward is registered), else the launcher directly (no dispatcher)."""
-    if torch.compiler.is_compiling() or (x.requires_grad and torch.is_grad_enabled()):
+    """Validated arguments -> the custom op when ``_traced`` (so the backward is registered), else
+    the launcher directly (no dispatcher)."""
+    if _traced(x):
         return _OPS[kernel](x, scale, h_k)
     return _launch(x, scale, h_k, kernel)
 
@@ -464,6 +475,20 @@ def _default_hk(k: int, device: torch.device) -> torch.Tensor:
     return hadamard_k_matrix(k, torch.float32, device)
 
 
+@functools.lru_cache(maxsize=32)
+def _default_ht(k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return gluon_kmix.padded_ht(_default_hk(k, device), _padded_k(k), dtype)
+
+
+def _padded_ht(h_k: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """H_K^T zero-padded to KP x KP in x's dtype for ``gluon_kmix``: cached for the default matrices
+    (the very tensors ``_default_hk`` hands out), built per call for a caller's h_k."""
+    k = int(h_k.shape[0])
+    if h_k is _default_hk(k, h_k.device):
+        return _default_ht(k, dtype, h_k.device)
+    return gluon_kmix.padded_ht(h_k, _padded_k(k), dtype)
+
+
 def _resolve_hk(k: int, h_k: Optional[torch.Tensor], device: torch.device, name: str) -> torch.Tensor:
     if h_k is None:
         return _default_hk(k, torch.device(device))
@@ -479,7 +504,10 @@ def _transform_k(k: int, x: torch.Tensor, scale, h_k: Optional[torch.Tensor]) ->
     n = x.shape[-1]
     _check_size(n, k, name)
     hk = _resolve_hk(k, h_k, x.device, name)
-    return _run(_pick(n, k, x.dtype), x, _as_scale(scale, name), hk)
+    kernel = _pick(n, k, x.dtype)
+    if not _traced(x) and gluon_kmix.eligible(x, n, k, padded_size(n, k), x.is_contiguous()):
+        kernel = "gluon"  # eager on sm90: the tensor-core K mix (gluon_kmix)
+    return _run(kernel, x, _as_scale(scale, name), hk)
 
 
 _K_DOC = """fast-hadamard-transform's ``hadamard_transform_{k}N``: a row of n = {k} * P elements (P = 2^m
