@@ -312,8 +312,9 @@ def _launch(x: torch.Tensor, scale: float, h_k: Optional[torch.Tensor], kernel: 
         gluon_kmix.gluon_kmix_launch(xr, out, m, n, _padded_ht(h_k, x.dtype), p, float(scale), config)
         return out
     if kernel == "gluon":
-        raise ValueError(f"the Gluon kernel runs eagerly (traced={traced}) on contiguous CUDA rows of n = 2^m in "
-                         f"[16, 32768] on sm90; got n={n}, shape {tuple(x.shape)}, device {x.device}")
+        raise ValueError(f"the Gluon kernels run eagerly (traced={traced}) on sm90, on contiguous CUDA rows of n = 2^m "
+                         f"in [16, 32768] (gluon_butterfly) or of bf16 / fp16 K * 2^m (gluon_kmix.eligible); got n={n}, "
+                         f"K={k}, shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}")
     consts = _consts(kernel, n, k, p, x.dtype == torch.float32, flat)  # FLAT: one 1-d load per program
     row = consts["KP"] * p
     hk = xr if h_k is None else h_k.to(torch.float32).contiguous()  # K == 1: x as the unread H_K pointer

@@ -230,15 +230,19 @@ def test_reference_is_the_dense_dao_formula():
 # --- K functions: forward and backward at K * 2^m ------------------------------------------------
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", [*IMPLS, pytest.param("gluon", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("k", sorted(DAO_H))
 @pytest.mark.parametrize("p", K_P)
 def test_k_forward_matches_dao(impl, k, p, float_dtype, gen, device, monkeypatch):
     if impl == "matmul" and H._padded_k(k) * p > H.MATMUL_MAX_ROW:
         pytest.skip("the matmul kernel does not take K = 40, P = 1024 (the public function never picks it)")
     monkeypatch.setattr(H, "_pick", lambda n, k, dtype: impl)  # the public function's kernel choice
+    if impl != "gluon":  # plain Triton, also where the Gluon K-mix kernel would run
+        monkeypatch.setattr(H.gluon_kmix, "eligible", lambda *args: False)
     n = k * p
     x = _randn((_odd_rows(n), n), float_dtype, gen, device)
+    if impl == "gluon" and not H.gluon_kmix.eligible(x, n, k, p, True):
+        pytest.skip("the Gluon K-mix kernel runs bf16 / fp16 on sm90")
     out = K_FUNCS[k](x, 0.125)
     assert out.dtype == float_dtype and out.shape == x.shape
     ref = dao_ref(x, k, 0.125)

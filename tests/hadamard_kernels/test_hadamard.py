@@ -80,7 +80,9 @@ def test_k_accuracy(impl, k, p, float_dtype, gen, device, monkeypatch):
         out = K_FUNCS[k](x, 0.5)
     else:
         out = H._launch(x, 0.5, hadamard_k_matrix(k, device=device), impl)  # the seam forces the kernel
-        if impl == H._pick(n, k, float_dtype):  # the public function runs the same kernel
+        if H.gluon_kmix.eligible(x, n, k, p, True):  # Hopper, 16-bit: the public function runs gluon_kmix
+            assert torch.equal(K_FUNCS[k](x, 0.5), H._launch(x, 0.5, hadamard_k_matrix(k, device=device), "gluon"))
+        elif impl == H._pick(n, k, float_dtype):  # the public function runs the same kernel
             assert torch.equal(K_FUNCS[k](x, 0.5), out)
     ref = hadamard_transform_ref(x, 0.5, k=k)
     err, bound = rel_rms(out, ref), _bound(ref, float_dtype, p, k)
