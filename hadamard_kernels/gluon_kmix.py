@@ -1,26 +1,30 @@
 """The K * 2^m transforms (``hadamard_transform_12N`` ... ``_40N``) on Hopper (sm90) in Gluon: the K mix
-on tensor cores, the 2^m butterfly on the layout chain of ``gluon_butterfly``.
+on tensor cores, the 2^m butterfly split between two register layouts.
 
 A row of n = K * P elements (P = 2^m) read as a K x P matrix X becomes Y = H_K X H_P. The two factors
 commute, and the K mix goes first, on the input itself: bf16 and fp16 values times +-1 are exact, so
-one ``mma_v2`` against H_K^T (zero-padded to KP x KP, KP = K rounded up to a power of two) computes
-H_K X with exact products and fp32 accumulation, no operand split. The fp32 result then runs the
-radix-2 stages of H_P along the chain of ``gluon_butterfly.plan_at`` and is rounded once at the store.
+one ``mma_v2`` against H_K^T (zero-padded to KP x KP, KP = K rounded up to a power of two, >= 16)
+computes H_K X with exact products and fp32 accumulation, no operand split. The fp32 result then runs
+the radix-2 stages of H_P and is rounded once at the store.
 
-One program owns T = 2^LOG_T elements of the padded tile: T / (KP * P) whole rows, their k >= K rows
-masked (read as zero, never stored). Flat tile bits, low to high: j (the P column bits), k (the KP
-mix bits), r (rows). The layouts:
+One program owns T = 2^LOG_T elements of the padded tile: T / (KP * P) whole rows (every output of a
+row depends on every input of it), their k >= K rows and the columns past a short row masked (read as
+zero, never stored). The tile is the [MT, KP] matrix A[m, k] (MT = T / KP), and the order of its rows
+m is ours to choose: the mix is the same for any order. ``kmix_design`` picks it so that the H_P
+stages need a single fp32 layout change:
 
-- L0 (the chain's first layout, ``plan_at(LOG_P, 0, ...)``): the coalesced load and store layout,
-  16-byte vectors along j.
-- The loaded tile, viewed as the [R * P, KP] matrix A[(r, j), k], is converted once to the mma
-  operand layout; H_K^T is loaded straight into the other operand's layout (KP^2 values, cached).
-- The fp32 accumulator [(r, j), i] is converted to L0's two-dimensional view (same bits, (r, j) on
-  rows, i on columns), permuted back to the flat (j, i, r) order (no data movement), and the chain
-  transforms the j bits and returns to L0 for the store.
+- the mma accumulator's register bits of m stand for the j bits just above a 16-byte vector (and,
+  when there are more, the highest j bits): those stages run in the accumulator's own layout;
+- its lane and warp bits of m stand for the vector's j bits and the remaining j bits (then the row
+  bits): ``fin``, the load and store layout, holds those in registers (the vector first, lanes along
+  the next j bits, so a warp reads and writes runs of contiguous memory) and runs their stages.
 
-Three shared-memory round trips of the fp32 tile and one of the 16-bit input in all. The plain-Triton
-kernels of ``hadamard`` run everywhere else (fp32, strided or padded rows, the interpreter).
+Shared-memory round trips: one of the 16-bit input (into the mma operand layout) and one of the fp32
+tile (accumulator to ``fin``). Which stages run in which layout depends on the config, and fp32 adds in
+another order can round differently, so the prune keeps only configs with the preferred config's
+stage order (``stage_order``): one size gives the same bits whichever config the autotuner picks.
+The plain-Triton kernels of ``hadamard`` run everywhere else (fp32, strided rows, n not a multiple of
+8, P outside 64..1024, K = 40 with P = 1024, compiled or autograd calls, the interpreter).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 from hadamard_kernels.gluon_butterfly import _COMPILED, hopper, radix2_stages
 from hadamard_kernels.runtime import autotune_configs, autotune_do_bench, bucket, launch
 
-MIN_P = 64  # smaller P: fewer j bits than a 16-byte vector plus a lane's worth (the plain kernels run)
+MIN_P = 64  # smaller P (rows of <= 40 * 32 elements) not measured: the plain kernels run
 MAX_P = 1024
 MAX_ROW = 32768  # KP * P: one padded row per program at <= 64 fp32 values per thread and 16 warps
 
