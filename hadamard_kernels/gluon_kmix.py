@@ -39,6 +39,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
 from hadamard_kernels.gluon_butterfly import _COMPILED, hopper, radix2_stages
+from hadamard_kernels.matrices import hadamard_k_matrix
 from hadamard_kernels.runtime import autotune_configs, autotune_do_bench, bucket, launch
 
 MIN_P = 64  # smaller P (rows of <= 40 * 32 elements) not measured: the plain kernels run
@@ -283,6 +284,19 @@ def padded_ht(h_k: torch.Tensor, kp: int, dtype: torch.dtype) -> torch.Tensor:
     ht = torch.zeros(kp, kp, dtype=dtype, device=h_k.device)
     ht[:h_k.shape[0], :h_k.shape[0]] = h_k.t().to(dtype)
     return ht
+
+
+@functools.lru_cache(maxsize=32)
+def _default_operand(k: int, kp: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return padded_ht(hadamard_k_matrix(k, torch.float32, device), kp, dtype)
+
+
+def operand(h_k: torch.Tensor, kp: int, dtype: torch.dtype, default: bool) -> torch.Tensor:
+    """The kernel's ``ht`` for ``h_k``: cached for the library's own H_K (``default``: h_k is the
+    matrix ``hadamard_k_matrix`` gives), built per call for a caller's matrix."""
+    if default:
+        return _default_operand(int(h_k.shape[0]), kp, dtype, h_k.device)
+    return padded_ht(h_k, kp, dtype)
 
 
 def gluon_kmix_launch(x: torch.Tensor, out: torch.Tensor, m: int, n: int, ht: torch.Tensor, p: int,

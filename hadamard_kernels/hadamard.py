@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from typing import Optional
 
 import torch
@@ -37,6 +36,7 @@ from hadamard_kernels.matrices import HADAMARD_K, hadamard_k_matrix, is_hadamard
 from hadamard_kernels.runtime import autotune_do_bench, autotune_configs, bucket, launch
 from hadamard_kernels.triton_helpers import butterfly_stages
 from hadamard_kernels.triton_ops import traced_launch, triton_library_op
+from hadamard_kernels.validation import as_scale as _as_scale, check_hk as _check_hk, check_x as _check_x
 
 MAX_POW2 = 32768  # largest power-of-two n
 MAX_P_FOR_K = 1024  # n = K * 2^m with 2^m <= 1024
@@ -309,7 +309,8 @@ def _launch(x: torch.Tensor, scale: float, h_k: Optional[torch.Tensor], kernel: 
     if kernel == "gluon" and k > 1 and not traced and gluon_kmix.eligible(x, n, k, p, r1 == 1 and (m == 1 or s0 == n)):
         if config is not None and "LOG_T" not in config.kwargs:
             raise ValueError(f"kernel 'gluon' takes a LOG_T config (gluon_kmix._CONFIGS), got {config}")
-        gluon_kmix.gluon_kmix_launch(xr, out, m, n, _padded_ht(h_k, x.dtype), p, float(scale), config)
+        ht = gluon_kmix.operand(h_k, _padded_k(k), x.dtype, default=h_k is _default_hk(k, h_k.device))
+        gluon_kmix.gluon_kmix_launch(xr, out, m, n, ht, p, float(scale), config)
         return out
     if kernel == "gluon":
         raise ValueError(f"the Gluon kernels run eagerly (traced={traced}) on sm90, on contiguous CUDA rows of n = 2^m "
@@ -381,21 +382,6 @@ def _run(kernel: str, x: torch.Tensor, scale: float, h_k: Optional[torch.Tensor]
 # --- Validation, kernel choice, public functions ---------------------------------------------
 
 
-def _check_x(x: torch.Tensor, name: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name}: dtype {x.dtype} not supported (float32, float16, bfloat16); x.shape={tuple(x.shape)}")
-    if x.dim() == 0:
-        raise ValueError(f"{name}: x must have at least one dim, got a scalar")
-
-
-def _as_scale(scale, name: str) -> float:
-    if type(scale) in (float, int) or isinstance(scale, numbers.Real) or (isinstance(scale, torch.Tensor) and scale.numel() == 1):
-        return float(scale)
-    raise TypeError(f"{name}: scale must be a real number, got {type(scale).__name__} {scale!r}")
-
-
 def _check_size(n: int, k: int, name: str) -> int:
     """P of the last dim n (``padded_size``), validated against the kernels' largest sizes."""
     p = padded_size(n, k)
@@ -412,20 +398,9 @@ def _pick(n: int, k: int, dtype: torch.dtype) -> str:
     return "butterfly" if kernel == "matmul" and _padded_k(k) * p > MATMUL_MAX_ROW else kernel
 
 
-def _check_hk(h_k, k: Optional[int], device: torch.device, name: str) -> int:
-    if not isinstance(h_k, torch.Tensor):
-        raise TypeError(f"{name}: h_k must be a tensor, got {type(h_k).__name__}")
-    if h_k.dim() != 2 or h_k.shape[0] != h_k.shape[1] or (k is not None and h_k.shape[0] != k):
-        want = "a square K x K matrix" if k is None else f"of shape ({k}, {k})"
-        raise ValueError(f"{name}: h_k must be {want}, got shape {tuple(h_k.shape)}")
-    if h_k.device != device:
-        raise ValueError(f"{name}: h_k is on {h_k.device}, x on {device}; move h_k to x's device")
-    return int(h_k.shape[0])
-
-
 def _kernel_call(kernel: str, x: torch.Tensor, scale, h_k: Optional[torch.Tensor]) -> torch.Tensor:
     name = f"{kernel}_hadamard"
-    _check_x(x, name)
+    _check_x(x, name, SUPPORTED_DTYPES)
     k = 1 if h_k is None else _check_hk(h_k, None, x.device, name)
     n = x.shape[-1]
     p = _check_size(n, k, name)
@@ -464,7 +439,7 @@ def hadamard_transform(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     >>> hadamard_transform(torch.tensor([[1.0, 2.0, 3.0]]), 0.5).tolist()
     [[3.0, 1.0, 0.0]]
     """
-    _check_x(x, "hadamard_transform")
+    _check_x(x, "hadamard_transform", SUPPORTED_DTYPES)
     n = x.shape[-1]
     _check_size(n, 1, "hadamard_transform")
     return _run(_pick(n, 1, x.dtype), x, _as_scale(scale, "hadamard_transform"), None)
@@ -474,20 +449,6 @@ def hadamard_transform(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
 @functools.lru_cache(maxsize=16)
 def _default_hk(k: int, device: torch.device) -> torch.Tensor:
     return hadamard_k_matrix(k, torch.float32, device)
-
-
-@functools.lru_cache(maxsize=32)
-def _default_ht(k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return gluon_kmix.padded_ht(_default_hk(k, device), _padded_k(k), dtype)
-
-
-def _padded_ht(h_k: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """H_K^T zero-padded to KP x KP in x's dtype for ``gluon_kmix``: cached for the default matrices
-    (the very tensors ``_default_hk`` hands out), built per call for a caller's h_k."""
-    k = int(h_k.shape[0])
-    if h_k is _default_hk(k, h_k.device):
-        return _default_ht(k, dtype, h_k.device)
-    return gluon_kmix.padded_ht(h_k, _padded_k(k), dtype)
 
 
 def _resolve_hk(k: int, h_k: Optional[torch.Tensor], device: torch.device, name: str) -> torch.Tensor:
@@ -501,7 +462,7 @@ def _resolve_hk(k: int, h_k: Optional[torch.Tensor], device: torch.device, name:
 
 def _transform_k(k: int, x: torch.Tensor, scale, h_k: Optional[torch.Tensor]) -> torch.Tensor:
     name = f"hadamard_transform_{k}N"
-    _check_x(x, name)
+    _check_x(x, name, SUPPORTED_DTYPES)
     n = x.shape[-1]
     _check_size(n, k, name)
     hk = _resolve_hk(k, h_k, x.device, name)

@@ -220,3 +220,12 @@ def test_public_functions_route_to_kmix(gen, monkeypatch):
     assert calls == [tuple(x.shape)] * 2
     ref = hadamard_transform_ref(x, 1.0, h_k=h)
     assert rel_rms(out, ref) <= 1.1 * rounding_bound(ref, torch.bfloat16)
+
+
+def test_operand_cached_for_the_default_matrix_only():
+    hk = H._default_hk(20, torch.device("cpu"))
+    first = GK.operand(hk, 32, torch.bfloat16, default=True)
+    assert GK.operand(hk, 32, torch.bfloat16, default=True) is first  # built once per (K, dtype, device)
+    assert torch.equal(first, GK.padded_ht(hk, 32, torch.bfloat16))
+    mine = -hadamard_k_matrix(20)  # a caller's matrix: built on every call, from that matrix
+    assert torch.equal(GK.operand(mine, 32, torch.bfloat16, default=False), -first)

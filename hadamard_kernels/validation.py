@@ -1,0 +1,37 @@
+"""Argument checks of the Hadamard transforms' public functions (``hadamard``): each raises a
+``TypeError`` / ``ValueError`` that names the function and the problem, before any launch."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Optional
+
+import torch
+
+
+def check_x(x: torch.Tensor, name: str, dtypes: tuple) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name}: dtype {x.dtype} not supported ({names}); x.shape={tuple(x.shape)}")
+    if x.dim() == 0:
+        raise ValueError(f"{name}: x must have at least one dim, got a scalar")
+
+
+def as_scale(scale, name: str) -> float:
+    if type(scale) in (float, int) or isinstance(scale, numbers.Real) or (isinstance(scale, torch.Tensor) and scale.numel() == 1):
+        return float(scale)
+    raise TypeError(f"{name}: scale must be a real number, got {type(scale).__name__} {scale!r}")
+
+
+def check_hk(h_k, k: Optional[int], device: torch.device, name: str) -> int:
+    """K of a square K x K ``h_k`` on ``device`` (of order ``k`` when given); entries are not checked."""
+    if not isinstance(h_k, torch.Tensor):
+        raise TypeError(f"{name}: h_k must be a tensor, got {type(h_k).__name__}")
+    if h_k.dim() != 2 or h_k.shape[0] != h_k.shape[1] or (k is not None and h_k.shape[0] != k):
+        want = "a square K x K matrix" if k is None else f"of shape ({k}, {k})"
+        raise ValueError(f"{name}: h_k must be {want}, got shape {tuple(h_k.shape)}")
+    if h_k.device != device:
+        raise ValueError(f"{name}: h_k is on {h_k.device}, x on {device}; move h_k to x's device")
+    return int(h_k.shape[0])
