@@ -215,8 +215,9 @@ def _fwht_kmix_gluon_kernel(x_ptr, out_ptr, ht_ptr, M, N, scale, M_BUCKET,
 
 
 # --- Autotune: (log2 values per thread, warps); a program holds one to four padded rows (KP * P
-# elements). Measured on an H200 (bf16, 256 MiB): the smallest tile that holds a row, at 64 values
-# per thread, was the fastest or within 4% of it for 9 of 10 sizes. The j stages run in an order that
+# elements). Preferred: the smallest tile that holds a row, then the fewest warps (64 values per
+# thread where the list has it). Measured on an H200 (bf16, 256 MiB): it was the fastest config or
+# within 4% of it for 9 of 10 sizes (40 x 256: 24.5% against 32.4% with 16 warps). The j stages run in an order that
 # depends on the config (the accumulator's layout decides which run first), and fp32 adds in another
 # order can round differently: the prune keeps only configs whose order is the preferred config's
 # (``stage_order``), so whatever the autotuner picks, in any process, the output bits are the same.
@@ -307,6 +308,9 @@ def gluon_kmix_launch(x: torch.Tensor, out: torch.Tensor, m: int, n: int, ht: to
     consts = {"LOG_P": p.bit_length() - 1, "LOG_KP": kp.bit_length() - 1, "VEC_BITS": _VEC_BITS[x.dtype]}
     if config is None and len(_kmix_tuned.configs) == 1:
         config = _first_fit(consts["LOG_P"], consts["LOG_KP"], consts["VEC_BITS"])
+    elif config is not None and not _fits(config, consts["LOG_P"], consts["LOG_KP"], consts["VEC_BITS"]):
+        raise ValueError(f"gluon_kmix: config {config} does not fit K * P = {kp} (padded) * {p}: LOG_T must hold "
+                         f"one to four padded rows and have a tile design (gluon_kmix._fits)")
     row = kp * p
 
     def grid(meta):

@@ -2,8 +2,9 @@
 j bit transformed once, in registers) and a float64 emulation of the kernel's arithmetic that follows
 the design's address map and stage masks exactly as the kernel does, checked against the reference;
 the prune (one stage order per size) and the routing rules. On a Hopper GPU the kernel against the
-float64 reference for every eligible (K, P), bf16 and fp16, odd row counts and padded rows, every kept
-config (NaN-poisoned outputs: conftest), and the public functions' routing.
+float64 reference for every eligible (K, P), bf16 and fp16, odd row counts and padded rows (the
+autotuner's config; NaN-poisoned outputs: conftest), every kept config bit for bit at six sizes, and the
+public functions' routing.
 
 Accuracy bound as in test_hadamard.py: within 1.1x one rounding of the exact result (relative RMS).
 """
@@ -58,6 +59,7 @@ def test_designs_are_valid():
         mt = log_t - log_kp
         tgt = [(d["packed"] >> (5 * b)) & 31 for b in range(mt)]
         assert sorted(tgt) == list(range(mt)), where  # a permutation of the memory bits (j, then rows)
+        assert tgt[:3] == [0, 1, 2], where  # the kernel's contiguity hints: M bits 0..2 are j0..j2
         for name in ("acc", "fin"):
             lay = d[name]
             reg, lane, warp = _bits(lay.reg_bases), _bits(lay.lane_bases), _bits(lay.warp_bases)
@@ -142,9 +144,44 @@ def test_prune_keeps_one_stage_order(k, log_p):
     assert GK._first_fit(log_p, log_kp, 3) is kept[0]
 
 
-def test_eligible_rules():
-    x = torch.zeros(2, 12 * 64)
+def test_eligible_rules(monkeypatch):
+    x = torch.zeros(2, 12 * 64, dtype=torch.bfloat16)
     assert not GK.eligible(x, 12 * 64, 12, 64, True)  # CPU (and the interpreter): plain Triton
+
+    class Hopper:  # what eligible reads of a CUDA tensor on an sm90 GPU
+        is_cuda = True
+
+        def __init__(self, dtype):
+            self.dtype = dtype
+
+        def get_device(self):
+            return 0
+
+    monkeypatch.setattr(GK, "_COMPILED", True)
+    monkeypatch.setattr(GK, "hopper", lambda index: True)
+    bf16 = Hopper(torch.bfloat16)
+    assert GK.eligible(bf16, 12 * 64, 12, 64, True) and GK.eligible(Hopper(torch.float16), 28 * 512, 28, 512, True)
+    assert GK.eligible(bf16, 12 * 1024 - 8, 12, 1024, True)  # a padded row, n a multiple of 8
+    assert not GK.eligible(Hopper(torch.float32), 12 * 64, 12, 64, True)  # fp32: plain Triton
+    assert not GK.eligible(bf16, 12 * 64 - 4, 12, 64, True)  # n not a multiple of 8: no 16-byte vectors
+    assert not GK.eligible(bf16, 12 * 32, 12, 32, True)  # P < 64
+    assert not GK.eligible(bf16, 40 * 1024, 40, 1024, True)  # KP * P = 65536: larger than a program
+    assert not GK.eligible(bf16, 12 * 64, 1, 64, True)  # K = 1: gluon_butterfly's
+    assert not GK.eligible(bf16, 12 * 64, 12, 64, False)  # rows not contiguous n apart
+    for k in KS:  # every eligible size has a config that fits
+        for log_p in LOG_PS:
+            if GK.eligible(bf16, k << log_p, k, 1 << log_p, True):
+                assert GK._first_fit(log_p, _kp_bits(k), 3) is not None
+
+
+def test_seam_refuses_a_config_that_does_not_fit():
+    import triton
+
+    x = torch.zeros(2, 12 * 1024, dtype=torch.bfloat16)
+    ht = GK.padded_ht(hadamard_k_matrix(12), 16, torch.bfloat16)
+    small = triton.Config({"LOG_T": 12}, num_warps=2, num_stages=1)  # 4096 < one padded row of 16384
+    with pytest.raises(ValueError, match="does not fit"):
+        GK.gluon_kmix_launch(x, torch.empty_like(x), 2, 12 * 1024, ht, 1024, 1.0, small)
 
 
 @pytest.mark.parametrize("k", KS)
