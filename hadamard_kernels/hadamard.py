@@ -303,13 +303,14 @@ def _launch(x: torch.Tensor, scale: float, h_k: Optional[torch.Tensor], kernel: 
     if x.numel() == 0:
         return out
     xr, m, r1, s0, s1 = _as_rows(x)
-    flat = k == 1 and n == p and r1 == 1 and (m == 1 or s0 == n)  # K == 1, unpadded, rows N apart
+    rows_apart = r1 == 1 and (m == 1 or s0 == n)  # contiguous rows, N apart
+    flat = k == 1 and n == p and rows_apart  # K == 1, unpadded
     if (kernel == "gluon" or (kernel == "butterfly" and config is None)) and not traced and gluon_eligible(x, n, flat):
         if config is not None and "LOG_T" not in config.kwargs:
             raise ValueError(f"kernel 'gluon' takes a LOG_T config (gluon_butterfly._CONFIGS), got {config}")
         gluon_launch(xr, out, m, float(scale), config)
         return out
-    if kernel == "gluon" and k > 1 and not traced and gluon_kmix.eligible(x, n, k, p, r1 == 1 and (m == 1 or s0 == n)):
+    if kernel == "gluon" and k > 1 and not traced and gluon_kmix.eligible(x, n, k, p, rows_apart):
         if config is not None and "LOG_T" not in config.kwargs:
             raise ValueError(f"kernel 'gluon' takes a LOG_T config (gluon_kmix._CONFIGS), got {config}")
         ht = gluon_kmix.operand(h_k, _padded_k(k), x.dtype, default=h_k is _default_hk(k, h_k.device))
