@@ -10,6 +10,8 @@ the kernel-choice tables (``hadamard_kernels/dispatch_table.py``) from its ``but
   says which), ``matmul`` (the tensor-core kernel, bf16 hi/lo
   split dots), ``auto`` (what ``hadamard_transform`` / ``hadamard_transform_<K>N`` run: the dispatch
   table; for K * 2^m in bf16 on Hopper the Gluon kernel of ``gluon_kmix``, the row's note says so);
+- n in ``COMPILED_SIZES``: ``compiled``, the public function under ``torch.compile(fullgraph=True,
+  dynamic=False)`` (Inductor; ``aot_eager`` on CPU), what a compiled model's call runs;
 - n in {256, 4096, 32768}: ``torch-matmul``, dense ``x @ H`` in bf16 (a peer: fp32 accumulate; at
   32768 compute-bound), the ``speedup`` baseline of those sizes;
 - ``fast_hadamard_transform``: Dao's CUDA kernel when importable (powers of two only).
@@ -48,6 +50,8 @@ SUITE = "hadamard"
 POW2 = [2 ** i for i in range(4, 16)]  # 16 .. 32768
 K_SIZES = [(12, 1024), (20, 1024), (28, 512), (28, 1024), (40, 512)]
 TORCH_MATMUL_N = (256, 4096, 32768)
+# (K, 2^m) with a ``compiled`` row: one compiled function each, fewer than dynamo's 8 entries per code object
+COMPILED_SIZES = ((1, 256), (1, 1024), (1, 4096), (12, 1024), (28, 512), (12, 16))
 TARGET_BYTES = 256 << 20
 CHECK_ROWS = 64
 
@@ -152,6 +156,13 @@ def _auto_note(k: int, n: int, device: str) -> str:
     return f"dispatch: {H._pick(n, k, torch.bfloat16)}"
 
 
+def _compiled(k: int, device: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The public function of K under torch.compile, compiled on its first call."""
+    fn = _K_PUBLIC[k]
+    return torch.compile(lambda t: fn(t, 1.0), fullgraph=True, dynamic=False,
+                         backend="inductor" if device == "cuda" else "aot_eager")
+
+
 def _impls(k: int, n: int, rows: int, device: str,
            x: Callable[[], torch.Tensor]) -> list[tuple[str, Callable, str, bool]]:
     """(impl, fn, note, checkable) for one size."""
@@ -161,6 +172,9 @@ def _impls(k: int, n: int, rows: int, device: str,
         ("matmul", lambda: H.matmul_hadamard(x(), 1.0, hk), "", True),
         ("auto", lambda: _K_PUBLIC[k](x(), 1.0), _auto_note(k, n, device), True),
     ]
+    if (k, n // k) in COMPILED_SIZES:
+        compiled = _compiled(k, device)
+        out.append(("compiled", lambda: compiled(x()), "torch.compile(fullgraph=True) of the public function", True))
     if k == 1 and n in TORCH_MATMUL_N:
         out.append(("torch-matmul", lambda: x() @ _dense(n, rows, device), "dense bf16 x @ H", True))
     if _fht is not None and device == "cuda" and k == 1:

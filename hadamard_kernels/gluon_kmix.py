@@ -24,7 +24,9 @@ tile (accumulator to ``fin``). Which stages run in which layout depends on the c
 another order can round differently, so the prune keeps only configs with the preferred config's
 stage order (``stage_order``): one size gives the same bits whichever config the autotuner picks.
 The plain-Triton kernels of ``hadamard`` run everywhere else (fp32, strided rows, n not a multiple of
-8, P outside 64..1024, K = 40 with P = 1024, compiled or autograd calls, the interpreter).
+8, P outside 64..1024, K = 40 with P = 1024, the interpreter, the explicit ``butterfly_hadamard`` /
+``matmul_hadamard``). Compiled and autograd-recorded calls reach this kernel through the opaque
+``hadamard_kernels::fwht_gluon`` custom op.
 """
 
 from __future__ import annotations

@@ -3,10 +3,16 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Optional
 
 import torch
+
+from hadamard_kernels.matrices import hadamard_k_matrix, is_hadamard, padded_size
+
+MAX_POW2 = 32768  # largest power-of-two n
+MAX_P_FOR_K = 1024  # n = K * 2^m with 2^m <= 1024
 
 
 def check_x(x: torch.Tensor, name: str, dtypes: tuple) -> None:
@@ -35,3 +41,28 @@ def check_hk(h_k, k: Optional[int], device: torch.device, name: str) -> int:
     if h_k.device != device:
         raise ValueError(f"{name}: h_k is on {h_k.device}, x on {device}; move h_k to x's device")
     return int(h_k.shape[0])
+
+
+def check_size(n: int, k: int, name: str) -> int:
+    """P of the last dim n (``padded_size``), validated against the kernels' largest sizes."""
+    p = padded_size(n, k)
+    if p > (MAX_POW2 if k == 1 else MAX_P_FOR_K):
+        top = MAX_POW2 if k == 1 else f"{k} * {MAX_P_FOR_K}"
+        raise ValueError(f"{name}: last dim n={n} is larger than the largest transform, {top}")
+    return p
+
+
+# Under torch.compile the graph rebuilds H_K from this cache on every call (benchmarks/NOTES.md).
+@functools.lru_cache(maxsize=16)
+def default_hk(k: int, device: torch.device) -> torch.Tensor:
+    return hadamard_k_matrix(k, torch.float32, device)
+
+
+def resolve_hk(k: int, h_k: Optional[torch.Tensor], device: torch.device, name: str) -> torch.Tensor:
+    """The fp32 contiguous H_K of a call: the library's (cached) for None, else ``h_k`` validated."""
+    if h_k is None:
+        return default_hk(k, torch.device(device))
+    check_hk(h_k, k, device, name)
+    if not is_hadamard(h_k):  # host check (one sync): entries +-1 and H H^T = K I
+        raise ValueError(f"{name}: h_k is not a Hadamard matrix (entries +-1, h_k @ h_k.T == {k} * I)")
+    return h_k.to(dtype=torch.float32).contiguous()

@@ -6,7 +6,8 @@ run Triton kernels on CPU; under the interpreter the ops are custom_ops, see
 ``hadamard_kernels/triton_ops.py``). ``test_triton_ops_trace_to_the_kernel_launch`` checks, in a
 process without the interpreter, that the triton_ops trace into the Triton launch itself.
 GPU (``cuda``): default Inductor and ``mode="reduce-overhead"`` (CUDA graphs), and the generated code
-holds the Triton kernel itself.
+holds the Triton kernel itself, or, where a Gluon kernel takes the call on sm90, the opaque
+``hadamard_kernels.fwht_gluon`` op that runs it (the eager call's kernel: same bits).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ CASES = {
                            lambda i, g, d: (_t([(4, 128), (6, 256)][i], g, d),)),
     "hadamard_transform_12N": (lambda x: H.hadamard_transform_12N(x, 0.25),
                                lambda i, g, d: (_t([(3, 192), (5, 192)][i], g, d, torch.float32),)),
+    "hadamard_transform_28N": (lambda x: H.hadamard_transform_28N(x, 0.25),  # sm90: the Gluon K-mix kernel
+                               lambda i, g, d: (_t([(3, 28 * 64), (2, 28 * 64)][i], g, d),)),
     "butterfly_hadamard": (lambda x: H.butterfly_hadamard(x, 1.0),
                            lambda i, g, d: (_t([(4, 64), (2, 128)][i], g, d),)),
     "matmul_hadamard": (lambda x: H.matmul_hadamard(x, 0.5),
@@ -127,6 +130,7 @@ KERNEL_IN_CODE = {
     "butterfly_hadamard": "_fwht_butterfly_kernel",
     "matmul_hadamard": "_fwht_matmul_kernel",
     "hadamard_transform_12N": None,
+    "hadamard_transform_28N": None,
     "rht": "_rht_rows_kernel",
     "inverse_rht": "_rht_cols_kernel",
     "rht_amax": "_rht_amax_tiled_cols_kernel",  # inputs <= 2^25 elements: the tiled kernel
@@ -143,6 +147,12 @@ def test_inductor_compiles_the_triton_kernel(name, gen):
     torch._dynamo.reset()
     _, codes = run_and_get_code(torch.compile(fn, fullgraph=True, dynamic=False), *args)
     code = "\n".join(codes)
+    k = {"hadamard_transform": 1, "butterfly_hadamard": 1, "hadamard_transform_12N": 12, "hadamard_transform_28N": 28}
+    if name in k and H._takes_gluon(args[0], args[0].shape[-1], k[name]):  # sm90: the eager call's Gluon kernel
+        assert "torch.ops.hadamard_kernels.fwht_gluon" in code, f"{name}: no fwht_gluon call:\n{code[:4000]}"
+        assert "_fwht_butterfly_kernel" not in code and "_fwht_matmul_kernel" not in code, code[:4000]
+        torch._dynamo.reset()
+        return
     names = [KERNEL_IN_CODE[name]] if KERNEL_IN_CODE[name] else ["_fwht_butterfly_kernel", "_fwht_matmul_kernel"]
     assert any(n in code for n in names), (
         f"{name}: Inductor's code does not contain {names}: the op was not traced into its Triton launch "
