@@ -9,7 +9,8 @@ the kernel-choice tables (``hadamard_kernels/dispatch_table.py``) from its ``but
   ``butterfly`` (the in-register butterfly: on Hopper the Gluon kernel for powers of two, its note
   says which), ``matmul`` (the tensor-core kernel, bf16 hi/lo
   split dots), ``auto`` (what ``hadamard_transform`` / ``hadamard_transform_<K>N`` run: the dispatch
-  table; for K * 2^m in bf16 on Hopper the Gluon kernel of ``gluon_kmix``, the row's note says so);
+  table; for K * 2^m in bf16 on Hopper the Gluon kernels of ``gluon_kmix`` / ``gluon_kmix_stream``, the
+  row's note says which);
 - n in ``COMPILED_SIZES``: ``compiled``, the public function under ``torch.compile(fullgraph=True,
   dynamic=False)`` (Inductor; ``aot_eager`` on CPU), what a compiled model's call runs;
 - n in {256, 4096, 32768}: ``torch-matmul``, dense ``x @ H`` in bf16 (a peer: fp32 accumulate; at
@@ -41,7 +42,7 @@ import torch
 
 from benchmarks import harness
 from benchmarks.harness import Case, Context
-from hadamard_kernels import gluon_kmix, hadamard as H
+from hadamard_kernels import gluon_kmix, gluon_kmix_stream, hadamard as H
 from hadamard_kernels.gluon_butterfly import eligible as gluon_eligible
 from hadamard_kernels.matrices import hadamard_k_matrix, is_power_of_two
 from hadamard_kernels.reference import hadamard_transform_ref, rel_rms, rounding_bound
@@ -152,6 +153,10 @@ def _auto_note(k: int, n: int, device: str) -> str:
     the dispatch table's kernel."""
     probe = torch.empty(0, device=device, dtype=torch.bfloat16)
     if k > 1 and gluon_kmix.eligible(probe, n, k, n // k, True):
+        kp = H._padded_k(k)
+        if gluon_kmix_stream.eligible(kp, n // k):
+            copy = "TMA" if gluon_kmix_stream.uses_tma(n, k, kp, n // k) else "cp.async"
+            return f"Gluon K-mix kernel, streaming ({copy}: the next rows copied to shared memory)"
         return "Gluon K-mix kernel (tensor-core K mix)"
     return f"dispatch: {H._pick(n, k, torch.bfloat16)}"
 

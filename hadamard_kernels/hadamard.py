@@ -18,7 +18,8 @@ Public functions validate, pick the kernel with ``_pick`` (``dispatch_table``, g
 -m benchmarks.dispatch``), launch directly in eager mode, or through a registered op under
 ``torch.compile`` or when autograd records: the ``triton_op`` of the plain kernel, or the opaque
 ``fwht_gluon`` custom op where a Gluon kernel takes the call (``_takes_gluon``: the same kernel as
-eagerly). K * 2^m calls that ``gluon_kmix.eligible`` takes (bf16 / fp16 on sm90) run ``gluon_kmix``
+eagerly). K * 2^m calls that ``gluon_kmix.eligible`` takes (bf16 / fp16 on sm90) run ``gluon_kmix`` (its
+streaming twin ``gluon_kmix_stream`` for padded rows of 16K-32K elements)
 instead of the table's kernel. ``_launch(x, scale, h_k, kernel, config=None)`` is the seam tests and
 benchmarks use to force a kernel and a ``triton.Config``.
 """
@@ -34,7 +35,7 @@ import triton
 import triton.language as tl
 
 from hadamard_kernels.dispatch_table import DEFAULT, DISPATCH, DISPATCH_K
-from hadamard_kernels import gluon_kmix
+from hadamard_kernels import gluon_kmix, gluon_kmix_stream
 from hadamard_kernels.gluon_butterfly import eligible as gluon_eligible, gluon_launch
 from hadamard_kernels.matrices import HADAMARD_K, padded_size
 from hadamard_kernels.runtime import autotune_do_bench, autotune_configs, bucket, launch
@@ -315,9 +316,9 @@ def _launch(x: torch.Tensor, scale: float, h_k: Optional[torch.Tensor], kernel: 
         return out
     if kernel == "gluon" and k > 1 and not traced and gluon_kmix.eligible(x, n, k, p, rows_apart):
         if config is not None and "LOG_T" not in config.kwargs:
-            raise ValueError(f"kernel 'gluon' takes a LOG_T config (gluon_kmix._CONFIGS), got {config}")
+            raise ValueError(f"kernel 'gluon' takes a LOG_T config (gluon_kmix(_stream)._CONFIGS), got {config}")
         ht = gluon_kmix.operand(h_k, _padded_k(k), x.dtype, default=h_k is _default_hk(k, h_k.device))
-        gluon_kmix.gluon_kmix_launch(xr, out, m, n, ht, p, float(scale), config)
+        gluon_kmix_stream.kmix_launch(xr, out, m, n, k, ht, p, float(scale), config)
         return out
     if kernel == "gluon":
         raise ValueError(f"the Gluon kernels run eagerly (traced={traced}) on sm90, on contiguous CUDA rows of n = 2^m "

@@ -159,18 +159,20 @@ def test_routing_to_gluon(gluon_calls, gen, device):
     assert H._pick(256, 1, torch.bfloat16) == "butterfly" and len(gluon_calls) == 3
     H.hadamard_transform(x[:1])  # one row
     assert len(gluon_calls) == 4 and gluon_calls[-1][1] == 1
-    # ...and never for: a plain-Triton config, the traced (op) path, autograd, strided rows in place,
-    # a K x 2^m transform, padded rows, n below 16
-    H._launch(x, 1.0, None, "butterfly", H._BUTTERFLY_CONFIGS[0])
-    H._launch(x, 1.0, None, "butterfly", traced=True)
+    # autograd records (and torch.compile traces): the opaque fwht_gluon op, the same kernel
     H.butterfly_hadamard(x.float().requires_grad_())
     H.hadamard_transform(x.float().requires_grad_())
+    assert len(gluon_calls) == 6
+    # ...and never for: a plain-Triton config, the plain kernel's triton_op body, strided rows in
+    # place, a K x 2^m transform, padded rows, n below 16
+    H._launch(x, 1.0, None, "butterfly", H._BUTTERFLY_CONFIGS[0])
+    H._launch(x, 1.0, None, "butterfly", traced=True)
     wide = torch.randn((4, 512), generator=gen, device=device)
     H.butterfly_hadamard(wide[:, :256])
     H.hadamard_transform_12N(torch.randn((2, 12 * 16), generator=gen, device=device))
     H.hadamard_transform(torch.randn((2, 200), generator=gen, device=device))
     H.hadamard_transform(torch.randn((2, 8), generator=gen, device=device))
-    assert len(gluon_calls) == 4
+    assert len(gluon_calls) == 6
     with pytest.raises(ValueError, match="LOG_T config"):
         H._launch(x, 1.0, None, "gluon", H._BUTTERFLY_CONFIGS[0])
     H._launch(x, 1.0, None, "gluon", G._first_fit(8, 3))

@@ -245,16 +245,17 @@ def test_public_functions_route_to_kmix(gen, monkeypatch):
     H.hadamard_transform_12N(x.float())  # fp32: plain Triton
     H.hadamard_transform_12N(torch.randn((5, 2 * 12 * 256), generator=gen, device="cuda",
                                          dtype=torch.bfloat16)[:, ::2])  # strided rows: plain Triton
-    y = x.clone().requires_grad_()
-    H.hadamard_transform_12N(y)  # autograd records: the registered op (plain Triton)
     H.butterfly_hadamard(x, 1.0, H._default_hk(12, x.device))  # an explicit kernel: plain Triton
     assert calls == [tuple(x.shape)]
+    y = x.clone().requires_grad_()
+    assert torch.equal(H.hadamard_transform_12N(y), out)  # autograd records: the fwht_gluon op, same kernel
+    assert calls == [tuple(x.shape)] * 2
     ref = hadamard_transform_ref(x, 1.0, k=12)
     assert rel_rms(out, ref) <= 1.1 * rounding_bound(ref, torch.bfloat16)
     # a caller's own Hadamard matrix of order 12 (another H_12): the same route, its matrix used
     h = hadamard_k_matrix(12, device="cuda")[torch.randperm(12, generator=torch.Generator().manual_seed(3))]
     out = H.hadamard_transform_12N(x, 1.0, h)
-    assert calls == [tuple(x.shape)] * 2
+    assert calls == [tuple(x.shape)] * 3
     ref = hadamard_transform_ref(x, 1.0, h_k=h)
     assert rel_rms(out, ref) <= 1.1 * rounding_bound(ref, torch.bfloat16)
 
