@@ -38,7 +38,8 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp, m
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 
 from hadamard_kernels.gluon_butterfly import radix2_stages
-from hadamard_kernels.gluon_kmix import _VEC_BITS, _first_fit, _fits, _get, _mma, _same, gluon_kmix_launch
+from hadamard_kernels import gluon_kmix
+from hadamard_kernels.gluon_kmix import _VEC_BITS, _first_fit, _fits, _get, _mma, _same
 from hadamard_kernels.gluon_kmix import kmix_design, mma_acc_layout, stage_order, warps_n_bits
 from hadamard_kernels.runtime import autotune_configs, autotune_do_bench, bucket, launch
 
@@ -298,6 +299,12 @@ def uses_tma(n: int, k: int, kp: int, p: int) -> bool:
     return n == k * p and kp * p == 32768
 
 
+@functools.lru_cache(maxsize=64)
+def _kept(tma_kernel: bool, log_p: int, log_kp: int, vec_bits: int) -> tuple:
+    """The prune's configs of a size (cached: the prune's designs cost ~0.5 ms of Python)."""
+    return tuple(_prune(_TMA_CONFIGS if tma_kernel else _CONFIGS, {"LOG_P": log_p, "LOG_KP": log_kp, "VEC_BITS": vec_bits}))
+
+
 @functools.lru_cache(maxsize=8)
 def _num_sms(device: int) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
@@ -310,7 +317,7 @@ def stream_launch(x: torch.Tensor, out: torch.Tensor, m: int, n: int, k: int, ht
     kp = ht.shape[0]
     consts = {"LOG_P": p.bit_length() - 1, "LOG_KP": kp.bit_length() - 1, "VEC_BITS": _VEC_BITS[x.dtype]}
     tma_kernel = uses_tma(n, k, kp, p)
-    fit = _prune(_TMA_CONFIGS if tma_kernel else _CONFIGS, consts)
+    fit = _kept(tma_kernel, *consts.values())
     if config is not None and config not in fit:
         raise ValueError(f"gluon_kmix_stream: config {config} does not fit K * P = {kp} (padded) * {p} "
                          f"({'TMA' if tma_kernel else 'cp.async'} kernel): one of {fit}")
@@ -346,4 +353,4 @@ def kmix_launch(x: torch.Tensor, out: torch.Tensor, m: int, n: int, k: int, ht: 
     if eligible(kp, p) and (config is None or "NBUF" in config.kwargs):
         stream_launch(x, out, m, n, k, ht, p, scale, config)
     else:
-        gluon_kmix_launch(x, out, m, n, ht, p, scale, config)
+        gluon_kmix.gluon_kmix_launch(x, out, m, n, ht, p, scale, config)

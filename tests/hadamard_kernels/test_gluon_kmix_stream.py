@@ -104,7 +104,7 @@ def test_tma_view_layout():
 def test_routing_between_the_modules(monkeypatch):
     calls = []
     monkeypatch.setattr(GS, "stream_launch", lambda *a: calls.append(("stream", a[-1])))
-    monkeypatch.setattr(GS, "gluon_kmix_launch", lambda *a: calls.append(("tile", a[-1])))
+    monkeypatch.setattr(GK, "gluon_kmix_launch", lambda *a: calls.append(("tile", a[-1])))
     x = torch.zeros(1)
     for kp, p in ((16, 1024), (32, 512), (64, 512), (16, 512), (64, 128)):
         GS.kmix_launch(x, x, 1, 12 * p, 12, torch.zeros(kp, kp), p, 1.0)
