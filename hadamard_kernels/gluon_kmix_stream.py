@@ -146,16 +146,22 @@ def _offsets(N, D, LOG_P: gl.constexpr, LOG_KP: gl.constexpr, VEC_BITS: gl.const
 
 
 @gluon.jit
-def _tile(a, ht_ptr, out_ptr, row0, offs, rows, cmask, M, N, scale, MMA: gl.constexpr, ACC: gl.constexpr, D,
+def _operand_b(ht_ptr, MMA: gl.constexpr, LOG_KP: gl.constexpr):
+    # ht ([KP, KP], x's dtype) as the mma's B operand: loaded once per program
+    KP: gl.constexpr = 1 << LOG_KP
+    LB: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
+    kk = gl.arange(0, KP, layout=gl.SliceLayout(1, LB))
+    ii = gl.arange(0, KP, layout=gl.SliceLayout(0, LB))
+    return gl.load(ht_ptr + kk[:, None] * KP + ii[None, :])
+
+
+@gluon.jit
+def _tile(a, b, out_ptr, row0, offs, rows, cmask, M, N, scale, MMA: gl.constexpr, ACC: gl.constexpr, D,
           LOG_KP: gl.constexpr, LOG_T: gl.constexpr):
     # gluon_kmix's math for one tile: the K mix (mma), the stages in the accumulator's layout, one
     # conversion to fin, the rest, * scale, one rounding at the store.
     T: gl.constexpr = 1 << LOG_T
     KP: gl.constexpr = 1 << LOG_KP
-    LB: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
-    kk = gl.arange(0, KP, layout=gl.SliceLayout(1, LB))
-    ii = gl.arange(0, KP, layout=gl.SliceLayout(0, LB))
-    b = gl.load(ht_ptr + kk[:, None] * KP + ii[None, :])
     acc = mma_v2(a, b, gl.zeros([T >> LOG_KP, KP], gl.float32, layout=MMA))
     y = gl.convert_layout(gl.convert_layout(acc, ACC).reshape([T]), _get(D, "acc"))  # relabellings
     y = radix2_stages(y, T, LOG_T, _get(D, "mask_acc"))
@@ -189,6 +195,7 @@ def _kmix_cp_kernel(x_ptr, out_ptr, ht_ptr, M, N, scale, M_BUCKET,
         r0 = (pid + s * G).to(gl.int64) * R
         cp.async_copy_global_to_shared(bufs.index(s), x_ptr + gl.multiple_of(r0 * N, 8) + offs, mask=cmask & (rows < M - r0))
         cp.commit_group()
+    b = _operand_b(ht_ptr, MMA, LOG_KP)
     i = 0
     for t in range(pid, (M + R - 1) // R, G):
         buf = bufs.index(i % NBUF)
@@ -199,7 +206,7 @@ def _kmix_cp_kernel(x_ptr, out_ptr, ht_ptr, M, N, scale, M_BUCKET,
         rn = (t + NBUF * G).to(gl.int64) * R
         cp.async_copy_global_to_shared(buf, x_ptr + gl.multiple_of(rn * N, 8) + offs, mask=cmask & (rows < M - rn))
         cp.commit_group()
-        _tile(a, ht_ptr, out_ptr, t.to(gl.int64) * R, offs, rows, cmask, M, N, scale, MMA, ACC, D, LOG_KP, LOG_T)
+        _tile(a, b, out_ptr, t.to(gl.int64) * R, offs, rows, cmask, M, N, scale, MMA, ACC, D, LOG_KP, LOG_T)
         i += 1
     cp.wait_group(0)
 
@@ -231,6 +238,7 @@ def _kmix_tma_kernel(x_desc, out_ptr, ht_ptr, M, N, scale, M_BUCKET,
         if pid + s * G < M:
             mbarrier.expect(bars.index(s), x_desc.block_type.nbytes)
             tma.async_copy_global_to_shared(x_desc, [pid + s * G, 0, 0, 0], bars.index(s), bufs.index(s))
+    b = _operand_b(ht_ptr, MMA, LOG_KP)
     i = 0
     for t in range(pid, M, G):
         bar = bars.index(i % NBUF)
@@ -241,7 +249,7 @@ def _kmix_tma_kernel(x_desc, out_ptr, ht_ptr, M, N, scale, M_BUCKET,
         if t + NBUF * G < M:
             mbarrier.expect(bar, x_desc.block_type.nbytes)
             tma.async_copy_global_to_shared(x_desc, [t + NBUF * G, 0, 0, 0], bar, buf)
-        _tile(a, ht_ptr, out_ptr, t.to(gl.int64), offs, rows, cmask, M, N, scale, MMA, ACC, D, LOG_KP, LOG_T)
+        _tile(a, b, out_ptr, t.to(gl.int64), offs, rows, cmask, M, N, scale, MMA, ACC, D, LOG_KP, LOG_T)
         i += 1
     for s in gl.static_range(NBUF):
         mbarrier.invalidate(bars.index(s))

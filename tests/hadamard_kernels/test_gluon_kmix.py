@@ -243,19 +243,21 @@ def test_public_functions_route_to_kmix(gen, monkeypatch):
     out = H.hadamard_transform_12N(x)
     assert calls == [tuple(x.shape)]
     H.hadamard_transform_12N(x.float())  # fp32: plain Triton
-    H.hadamard_transform_12N(torch.randn((5, 2 * 12 * 256), generator=gen, device="cuda",
-                                         dtype=torch.bfloat16)[:, ::2])  # strided rows: plain Triton
+    wide = torch.randn((5, 2 * 12 * 256), generator=gen, device="cuda", dtype=torch.bfloat16)
+    H.hadamard_transform_12N(wide[:, :12 * 256])  # rows read in place from a wider tensor: plain Triton
     H.butterfly_hadamard(x, 1.0, H._default_hk(12, x.device))  # an explicit kernel: plain Triton
     assert calls == [tuple(x.shape)]
+    H.hadamard_transform_12N(wide[:, ::2])  # a strided last dim: copied to contiguous rows, then Gluon
+    assert calls == [tuple(x.shape)] * 2
     y = x.clone().requires_grad_()
     assert torch.equal(H.hadamard_transform_12N(y), out)  # autograd records: the fwht_gluon op, same kernel
-    assert calls == [tuple(x.shape)] * 2
+    assert calls == [tuple(x.shape)] * 3
     ref = hadamard_transform_ref(x, 1.0, k=12)
     assert rel_rms(out, ref) <= 1.1 * rounding_bound(ref, torch.bfloat16)
     # a caller's own Hadamard matrix of order 12 (another H_12): the same route, its matrix used
     h = hadamard_k_matrix(12, device="cuda")[torch.randperm(12, generator=torch.Generator().manual_seed(3))]
     out = H.hadamard_transform_12N(x, 1.0, h)
-    assert calls == [tuple(x.shape)] * 3
+    assert calls == [tuple(x.shape)] * 4
     ref = hadamard_transform_ref(x, 1.0, h_k=h)
     assert rel_rms(out, ref) <= 1.1 * rounding_bound(ref, torch.bfloat16)
 
