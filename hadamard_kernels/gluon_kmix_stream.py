@@ -41,7 +41,7 @@ from hadamard_kernels.gluon_butterfly import radix2_stages
 from hadamard_kernels import gluon_kmix
 from hadamard_kernels.gluon_kmix import _VEC_BITS, _first_fit, _fits, _get, _mma, _same
 from hadamard_kernels.gluon_kmix import kmix_design, mma_acc_layout, stage_order, warps_n_bits
-from hadamard_kernels.runtime import autotune_configs, autotune_do_bench, bucket, launch
+from hadamard_kernels.runtime import autotune_configs, autotune_do_bench, bucket, launch, num_sms
 
 MIN_ROW = 16384  # KP * P: shorter rows run gluon_kmix
 
@@ -313,11 +313,6 @@ def _kept(tma_kernel: bool, log_p: int, log_kp: int, vec_bits: int) -> tuple:
     return tuple(_prune(_TMA_CONFIGS if tma_kernel else _CONFIGS, {"LOG_P": log_p, "LOG_KP": log_kp, "VEC_BITS": vec_bits}))
 
 
-@functools.lru_cache(maxsize=8)
-def _num_sms(device: int) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def stream_launch(x: torch.Tensor, out: torch.Tensor, m: int, n: int, k: int, ht: torch.Tensor, p: int,
                   scale: float, config: Optional[triton.Config] = None) -> None:
     """out = F.linear(x, kron(H_K, H_P))[:, :n] * scale for m contiguous rows of n (``gluon_kmix.eligible``
@@ -331,7 +326,7 @@ def stream_launch(x: torch.Tensor, out: torch.Tensor, m: int, n: int, k: int, ht
                          f"({'TMA' if tma_kernel else 'cp.async'} kernel): one of {fit}")
     if config is None and len((_tma_tuned if tma_kernel else _cp_tuned).configs) == 1:
         config = fit[0]
-    sms = _num_sms(x.get_device())
+    sms = num_sms(x.device)
     row_bits = consts["LOG_P"] + consts["LOG_KP"]
 
     def grid(meta):
@@ -352,13 +347,14 @@ def stream_launch(x: torch.Tensor, out: torch.Tensor, m: int, n: int, k: int, ht
 def kmix_launch(x: torch.Tensor, out: torch.Tensor, m: int, n: int, k: int, ht: torch.Tensor, p: int,
                 scale: float, config: Optional[triton.Config] = None) -> None:
     """The Gluon K * P transform of a ``gluon_kmix.eligible`` call: ``stream_launch`` for padded rows of
-    16K or 32K elements, ``gluon_kmix.gluon_kmix_launch`` for shorter ones; a config runs the kernel
-    whose list holds it (an ``NBUF`` config: this module's, which needs such a row)."""
+    16K or 32K elements of a 16-byte aligned x, ``gluon_kmix.gluon_kmix_launch`` for the others; a config
+    runs the kernel whose list holds it (an ``NBUF`` config: this module's, which needs such a call)."""
     kp = ht.shape[0]
-    if config is not None and "NBUF" in config.kwargs and not eligible(kp, p):
-        raise ValueError(f"gluon_kmix_stream: config {config} needs a padded row of >= {MIN_ROW} elements, "
-                         f"got K * P = {kp} (padded) * {p}")
-    if eligible(kp, p) and (config is None or "NBUF" in config.kwargs):
+    stream = eligible(kp, p) and x.data_ptr() % 16 == 0  # cp.async and TMA copy 16-byte aligned rows
+    if config is not None and "NBUF" in config.kwargs and not stream:
+        raise ValueError(f"gluon_kmix_stream: config {config} needs a padded row of >= {MIN_ROW} elements "
+                         f"and a 16-byte aligned x, got K * P = {kp} (padded) * {p}, x at {x.data_ptr() % 16} mod 16")
+    if stream and (config is None or "NBUF" in config.kwargs):
         stream_launch(x, out, m, n, k, ht, p, scale, config)
     else:
         gluon_kmix.gluon_kmix_launch(x, out, m, n, ht, p, scale, config)

@@ -27,7 +27,6 @@ benchmarks use to force a kernel and a ``triton.Config``.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Optional
 
 import torch
@@ -44,6 +43,7 @@ from hadamard_kernels.triton_ops import traced_launch, triton_library_op
 from hadamard_kernels.validation import MAX_P_FOR_K, MAX_POW2, as_scale as _as_scale, check_hk as _check_hk
 from hadamard_kernels.validation import check_size as _check_size, check_x as _check_x
 from hadamard_kernels.validation import default_hk as _default_hk, resolve_hk as _resolve_hk
+from hadamard_kernels.validation import as_rows as _as_rows, flat_rows as _flat_rows
 
 # The matmul kernel's layout changes need ~4 bytes of shared memory per padded row element (KP * P):
 # above 32768 (only K = 40 with 2^m = 1024: 64 * 1024) that does not fit on Hopper.
@@ -252,24 +252,6 @@ def _padded_k(k: int) -> int:
     return 1 if k == 1 else max(16, triton.next_power_of_2(k))
 
 
-def _as_rows(x: torch.Tensor):
-    """(tensor, M, R1, stride0, stride1): the rows of x for the kernels. A contiguous x as it is (M =
-    numel / n rows, n apart: no view); with a contiguous last dim, in place where the leading dims
-    collapse into at most two strided dims; otherwise one copy."""
-    n = x.shape[-1]
-    if not x.is_contiguous():
-        if x.stride(-1) == 1:
-            m = math.prod(x.shape[:-1])
-            try:
-                x2 = x.view(m, n)
-                return x2, m, 1, x2.stride(0), 0
-            except RuntimeError:
-                if x.dim() == 3:
-                    return x, m, x.shape[1], x.stride(0), x.stride(1)
-        x = x.contiguous()
-    return x, x.numel() // n, 1, n, 0
-
-
 @functools.lru_cache(maxsize=512)
 def _consts(kernel: str, n: int, k: int, p: int, flat: bool) -> dict:
     """The constexpr arguments of one launch (built once per size; ``launch`` only unpacks them)."""
@@ -293,8 +275,8 @@ def _launch(x: torch.Tensor, scale: float, h_k: Optional[torch.Tensor], kernel: 
     "gluon"); ``config``: exactly that ``triton.Config`` (None: autotune). Takes validated arguments.
     ``traced``: through ``wrap_triton`` (op bodies). "butterfly", config None, not traced: the Gluon
     kernel where ``gluon_butterfly.eligible`` (a TILE config: plain Triton). "gluon": that kernel (K = 1)
-    or, for K > 1, ``gluon_kmix`` where ``gluon_kmix.eligible`` (a LOG_T config of its list); elsewhere
-    ValueError."""
+    or, for K > 1, ``gluon_kmix`` / ``gluon_kmix_stream`` where ``gluon_kmix.eligible`` (a LOG_T config
+    of their lists); elsewhere ValueError. "matmul" refuses float32 x (ValueError)."""
     if kernel not in _TUNED and kernel != "gluon":
         raise ValueError(f"kernel must be 'butterfly', 'matmul' or 'gluon', got {kernel!r}")
     if kernel == "matmul" and x.dtype == torch.float32:
@@ -391,9 +373,9 @@ def _traced(x: torch.Tensor) -> bool:
 
 
 def _takes_gluon(x: torch.Tensor, n: int, k: int) -> bool:
-    """A Gluon kernel runs this call (eager: ``_launch`` routes it; traced: the gluon op). Rows must be
-    contiguous, or be made so by ``_as_rows``' copy (a last dim that is not contiguous)."""
-    rows = x.is_contiguous() or x.stride(-1) != 1
+    """A Gluon kernel runs this call (eager: ``_launch`` routes it; traced: the gluon op): its rows
+    are contiguous once ``_as_rows`` has them (``_flat_rows``)."""
+    rows = _flat_rows(x)
     if k == 1:
         return gluon_eligible(x, n, rows)
     return gluon_kmix.eligible(x, n, k, padded_size(n, k), rows)

@@ -1,9 +1,11 @@
-"""Argument checks of the Hadamard transforms' public functions (``hadamard``): each raises a
-``TypeError`` / ``ValueError`` that names the function and the problem, before any launch."""
+"""Arguments of the Hadamard transforms' public functions (``hadamard``): the checks (each raises a
+``TypeError`` / ``ValueError`` that names the function and the problem, before any launch) and the
+rows view the kernels read (``as_rows``; ``flat_rows`` predicts it without copying)."""
 
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 from typing import Optional
 
@@ -38,6 +40,9 @@ def check_hk(h_k, k: Optional[int], device: torch.device, name: str) -> int:
     if h_k.dim() != 2 or h_k.shape[0] != h_k.shape[1] or (k is not None and h_k.shape[0] != k):
         want = "a square K x K matrix" if k is None else f"of shape ({k}, {k})"
         raise ValueError(f"{name}: h_k must be {want}, got shape {tuple(h_k.shape)}")
+    if h_k.shape[0] < 2:
+        raise ValueError(f"{name}: h_k must be K x K with K >= 2, got shape {tuple(h_k.shape)} (for K = 1 "
+                         f"pass h_k=None and its sign in scale)")
     if h_k.device != device:
         raise ValueError(f"{name}: h_k is on {h_k.device}, x on {device}; move h_k to x's device")
     return int(h_k.shape[0])
@@ -66,3 +71,33 @@ def resolve_hk(k: int, h_k: Optional[torch.Tensor], device: torch.device, name: 
     if not is_hadamard(h_k):  # host check (one sync): entries +-1 and H H^T = K I
         raise ValueError(f"{name}: h_k is not a Hadamard matrix (entries +-1, h_k @ h_k.T == {k} * I)")
     return h_k.to(dtype=torch.float32).contiguous()
+
+
+def as_rows(x: torch.Tensor):
+    """(tensor, M, R1, stride0, stride1): the rows of x for the kernels. A contiguous x as it is (M =
+    numel / n rows, n apart: no view); with a contiguous last dim, in place where the leading dims
+    collapse into at most two strided dims; otherwise one copy."""
+    n = x.shape[-1]
+    if not x.is_contiguous():
+        if x.stride(-1) == 1:
+            m = math.prod(x.shape[:-1])
+            try:
+                x2 = x.view(m, n)
+                return x2, m, 1, x2.stride(0), 0
+            except RuntimeError:
+                if x.dim() == 3:
+                    return x, m, x.shape[1], x.stride(0), x.stride(1)
+        x = x.contiguous()
+    return x, x.numel() // n, 1, n, 0
+
+
+def flat_rows(x: torch.Tensor) -> bool:
+    """``as_rows`` hands the kernels contiguous rows, n apart (x itself, a view or its copy): predicted
+    without the copy (a traced call decides before any data exists)."""
+    if x.is_contiguous() or x.stride(-1) != 1:
+        return True  # x as it is, or copied
+    try:
+        x2 = x.view(math.prod(x.shape[:-1]), x.shape[-1])
+    except RuntimeError:
+        return x.dim() != 3  # 3-d: read in place, strided; otherwise copied
+    return x2.shape[0] == 1 or x2.stride(0) == x.shape[-1]

@@ -116,6 +116,13 @@ def test_routing_between_the_modules(monkeypatch):
     assert calls == [("tile", tile_config), ("stream", GS._CONFIGS[0])]
     with pytest.raises(ValueError, match="padded row"):
         GS.kmix_launch(x, x, 1, 12 * 512, 12, torch.zeros(16, 16), 512, 1.0, GS._CONFIGS[0])
+    # rows that do not start 16-byte aligned: the tile kernel (cp.async and TMA need the alignment)
+    calls.clear()
+    odd = torch.zeros(12 * 1024 + 1, dtype=torch.bfloat16)[1:]
+    GS.kmix_launch(odd, odd, 1, 12 * 1024, 12, torch.zeros(16, 16), 1024, 1.0)
+    assert calls == [("tile", None)]
+    with pytest.raises(ValueError, match="aligned"):
+        GS.kmix_launch(odd, odd, 1, 12 * 1024, 12, torch.zeros(16, 16), 1024, 1.0, GS._CONFIGS[0])
     # TMA: unpadded rows of 32K elements only
     assert GS.uses_tma(20 * 1024, 20, 32, 1024) and GS.uses_tma(40 * 512, 40, 64, 512)
     assert not GS.uses_tma(20 * 1024 - 8, 20, 32, 1024) and not GS.uses_tma(12 * 1024, 12, 16, 1024)
@@ -147,6 +154,30 @@ def test_stream_kernels_equal_gluon_kmix(k, log_p, gen):
                 assert torch.equal(out, want), (k, p, dtype, n, rows, config, tma)
             ref = hadamard_transform_ref(x[:3], 0.75, k=k)
             assert rel_rms(want[:3], ref) <= 1.1 * rounding_bound(ref, dtype)
-    # the public function takes this route
+    # the public function takes this route (same bits either way: a spy says which kernel ran)
     x = torch.randn((5, k * p), generator=gen, device="cuda", dtype=torch.float32).to(torch.bfloat16)
-    assert torch.equal(getattr(H, f"hadamard_transform_{k}N")(x, 0.75), H._launch(x, 0.75, hk, "gluon", tile_config))
+    want = H._launch(x, 0.75, hk, "gluon", tile_config)
+    calls, real = [], GS.stream_launch
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(GS, "stream_launch", lambda *a: calls.append(a[2]) or real(*a))
+        assert torch.equal(getattr(H, f"hadamard_transform_{k}N")(x, 0.75), want)
+    assert calls == [5]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("k, log_p", [(20, 6), (20, 10), (40, 9)])
+def test_gluon_backward_is_the_true_gradient(k, log_p, gen):
+    # autograd records: the fwht_gluon op forward and backward (H_K^T for H_20 / H_40, not symmetric)
+    if not _on_hopper():
+        pytest.skip("the Gluon K * 2^m kernels run on sm90")
+    n = k << log_p
+    x = torch.randn((3, n), generator=gen, device="cuda", dtype=torch.float32).to(torch.bfloat16).requires_grad_(True)
+    g = torch.randn((3, n), generator=gen, device="cuda", dtype=torch.float32).to(torch.bfloat16)
+    calls, real = [], H._OPS["gluon"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(H._OPS, "gluon", lambda *a: calls.append(1) or real(*a))
+        getattr(H, f"hadamard_transform_{k}N")(x, 0.5).backward(g)
+    assert calls == [1]
+    xr = x.detach().double().requires_grad_(True)
+    hadamard_transform_ref(xr, 0.5, k=k).backward(g.double())
+    assert rel_rms(x.grad, xr.grad) <= 1.1 * rounding_bound(xr.grad, torch.bfloat16), (k, log_p)

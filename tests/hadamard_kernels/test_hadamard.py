@@ -217,7 +217,13 @@ def test_errors(device, monkeypatch):
     assert refuses_fp32("matmul", torch.ones(2, 8, device=device))
     # the table never sends fp32 (or a row past the limit) to the matmul kernel, whatever it says
     monkeypatch.setitem(H.DISPATCH, (256, torch.float32), "matmul")
-    assert H._pick(256, 1, torch.float32) == "butterfly" and H._pick(256, 1, torch.bfloat16) == "butterfly"
+    monkeypatch.setitem(H.DISPATCH, (256, torch.bfloat16), "matmul")
+    assert H._pick(256, 1, torch.float32) == "butterfly" and H._pick(256, 1, torch.bfloat16) == "matmul"
+    monkeypatch.setitem(H.DISPATCH_K, (40, 40 * 1024, torch.bfloat16), "matmul")  # padded row 64 * 1024
+    assert H._pick(40 * 1024, 40, torch.bfloat16) == "butterfly"
+    # a 1 x 1 h_k is refused (it would be ignored): its sign belongs in scale
+    with pytest.raises(ValueError, match="K >= 2"):
+        H.butterfly_hadamard(torch.ones(1, 4, device=device), 1.0, -torch.ones(1, 1, device=device))
     with pytest.raises(TypeError):
         H.hadamard_transform([1.0, 2.0])
 
@@ -352,7 +358,20 @@ def test_traced_calls_run_the_eager_kernel(device, monkeypatch):
     H.hadamard_transform(wide), H.hadamard_transform(x[:, :32].contiguous())
     H.hadamard_transform_12N(x12), H.hadamard_transform_20N(torch.randn(2, 80, device=device, requires_grad=True))
     H.butterfly_hadamard(x12, 1.0, hk12), H.matmul_hadamard(x.bfloat16(), 1.0)
-    assert calls == ["gluon", "gluon", "gluon", "butterfly", "butterfly", "gluon", "butterfly", "butterfly", "matmul"]
+    four = torch.randn(2, 3, 5, 64, device=device, requires_grad=True)[:, :, 1:4]  # copied by _as_rows
+    H.hadamard_transform(four)
+    assert calls == ["gluon", "gluon", "gluon", "butterfly", "butterfly", "gluon", "butterfly", "butterfly", "matmul",
+                     "gluon"]
+
+
+def test_flat_rows_predicts_as_rows(device):
+    # the traced path's prediction (no copy) agrees with what the eager launcher reads
+    base = torch.randn(4, 6, 5, 64, device=device)
+    for x in (base, base[1], base[:, 2], base[:, :, 1:4], base[..., :32], base[:, 1:4, 2],
+              base.transpose(-1, -2), base[0, 0, :1], base[:1, :1, :1], base.view(-1, 64)[::2]):
+        xr, m, r1, s0, s1 = H._as_rows(x)
+        n = x.shape[-1]
+        assert H._flat_rows(x) == (r1 == 1 and (m == 1 or s0 == n)), tuple(x.shape)
 
 
 def test_eager_skips_custom_op(gen, device, monkeypatch):
